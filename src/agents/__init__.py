@@ -1,0 +1,1 @@
+"""Agents: triage routes a message, a specialist answers it, the supervisor runs both."""

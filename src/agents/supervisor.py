@@ -1,0 +1,122 @@
+"""The supervisor runs triage, then the chosen specialist, and turns whatever happens into
+exactly one terminal state with exactly one final event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from src.agents.base import Agent
+from src.agents.context import RunContext
+from src.agents.tools import ToolError
+from src.agents.triage import FALLBACK_ROUTE
+from src.logs import log_failure
+from src.services.domain import Message, RunError, RunStatus
+from src.services.events import EventEmitter, RunAlreadyFinished
+from src.services.llm import LLMError, LLMTimeout
+
+log = logging.getLogger(__name__)
+
+
+class RunMetrics(Protocol):
+    def run_ended(self, *, status: str, seconds: float) -> None: ...
+
+    def agent_failed(self, *, agent: str, code: str) -> None: ...
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        context: RunContext,
+        emitter: EventEmitter,
+        triage: Agent,
+        specialists: Mapping[str, Callable[[], Agent]],
+        run_timeout_s: float,
+        metrics: RunMetrics,
+    ) -> None:
+        self._context = context
+        self._emitter = emitter
+        self._triage = triage
+        self._specialists = specialists
+        self._run_timeout_s = run_timeout_s
+        self._metrics = metrics
+        self._at_work: str | None = None  # the agent working now, named in failure metrics
+
+    async def run(self, content: str) -> Message | None:
+        """Run the agents on ``content`` to one terminal state; the assistant's message when the
+        run completed. Re-raises a cancellation after recording it, as asyncio expects."""
+        started = time.perf_counter()
+        ended: RunStatus | None = (
+            None  # stays None when the run ended elsewhere (and was counted there)
+        )
+        message = None
+        try:
+            message = await self._run(content)
+            ended = "completed"
+        except asyncio.CancelledError:
+            if await self._end(self._emitter.cancel()):
+                ended = "cancelled"
+            raise
+        except RunAlreadyFinished:
+            log.info("run %s ended elsewhere while its agents worked", self._context.run_id)
+        except Exception as exc:
+            error = self._describe(exc)
+            self._metrics.agent_failed(agent=self._at_work or "supervisor", code=error.code)
+            if await self._end(self._emitter.fail(error)):
+                ended = "failed"
+        finally:
+            if ended is not None:
+                self._metrics.run_ended(status=ended, seconds=time.perf_counter() - started)
+        return message
+
+    async def _run(self, content: str) -> Message:
+        async with asyncio.timeout(self._run_timeout_s):
+            await self._emitter.emit("run_started", data={"request_id": self._context.request_id})
+            route = await self._work(self._triage, content)
+            await self._emitter.set_route(route)
+            make_specialist = self._specialists.get(route) or self._specialists[FALLBACK_ROUTE]
+            answer = await self._work(make_specialist(), content)
+        self._at_work = None
+        return await self._emitter.complete(content=answer)
+
+    async def _work(self, agent: Agent, content: str) -> str:
+        self._at_work = agent.name
+        result = await agent.run(content)
+        self._at_work = None
+        return result
+
+    async def _end(self, write_final: Awaitable[None]) -> bool:
+        """Write the terminal state; False when the run had already ended (e.g. cancelled by
+        another worker), which then owns the one final event."""
+        try:
+            await write_final
+        except RunAlreadyFinished:
+            log.info("run %s had already ended elsewhere", self._context.run_id)
+            return False
+        return True
+
+    def _describe(self, exc: Exception) -> RunError:
+        agent = self._at_work
+        if isinstance(exc, TimeoutError):
+            return RunError("timeout", f"the run took longer than {self._run_timeout_s:g} s")
+        if isinstance(exc, LLMTimeout):
+            return RunError("timeout", str(exc) or "the language model did not answer in time")
+        if isinstance(exc, LLMError):
+            return RunError("llm_error", str(exc) or "the language model failed")
+        if isinstance(exc, ToolError):
+            return RunError("tool_error", str(exc))
+        if isinstance(exc, SQLAlchemyError):
+            log_failure(log, "database error in run %s", self._context.run_id, exc=exc)
+            return RunError("database_error", "the database failed during the run")
+        log_failure(
+            log, "run %s failed in %s", self._context.run_id, agent or "supervisor", exc=exc
+        )
+        if agent is not None:
+            return RunError("agent_error", f"the {agent} agent failed")
+        return RunError("internal_error", "an internal error ended the run")

@@ -1,0 +1,82 @@
+"""``isochat serve | migrate | token USER_ID``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.services.auth import TokenService
+from src.services.chat import close_interrupted_runs
+from src.services.database.engine import create_engine
+from src.services.database.migrations import upgrade_to_head
+from src.settings import Settings
+
+log = logging.getLogger("isochat")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="isochat", description="isochat chat backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply pending migrations, then serve HTTP")
+    commands.add_parser("migrate", help="apply pending migrations only")
+    token = commands.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("user_id")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        messages = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"isochat: invalid settings: {messages}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    if args.command == "token":
+        tokens = TokenService(secret=settings.auth_secret, ttl_s=settings.token_ttl_s)
+        try:
+            print(tokens.issue(args.user_id))
+        except ValueError as exc:
+            print(f"isochat: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    upgrade_to_head(settings.database_url)
+    if args.command == "serve":
+        closed = asyncio.run(_close_interrupted_runs(settings))
+        if closed:
+            log.warning("closed %d run(s) left running by a stopped server as interrupted", closed)
+        serve(settings)
+    return 0
+
+
+async def _close_interrupted_runs(settings: Settings) -> int:
+    """Before any worker starts, so no live run can be mistaken for an interrupted one."""
+    engine = create_engine(settings.database_url)
+    try:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            return await close_interrupted_runs(session)
+    finally:
+        await engine.dispose()
+
+
+def serve(settings: Settings) -> None:
+    uvicorn.run(
+        "src.web.asgi:app",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The composition root: the only module that names concrete classes.
+
+``AppContainer`` holds what lives as long as the application. ``RequestContainer`` declares what
+lives for one request (one HTTP request, or one run started over a WebSocket). A single
+``RequestContainer`` instance serves every request: its providers keep their objects in the
+current ``RequestScope`` (see ``src/scoping.py`` for why this beats a child container per request).
+
+    container = build_container(Settings())
+    async with request_scope(container):
+        chat = container.request.chat()      # fresh per scope: session, emitter, agents, ...
+
+Tests swap any provider with ``container.<name>.override(...)`` or
+``container.request.<name>.override(...)``.
+"""
+
+from __future__ import annotations
+
+from dependency_injector import containers, providers
+
+from src.agents.context import RunContext
+from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
+from src.agents.supervisor import Supervisor
+from src.agents.tools import Calculator, ConversationHistory
+from src.agents.triage import TriageAgent
+from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
+from src.services.auth import TokenService
+from src.services.broker import EventBroker, InProcessBroker
+from src.services.chat import ChatService
+from src.services.database.engine import Database, create_engine
+from src.services.events import EventEmitter
+from src.services.llm import LLM
+from src.services.llm.offline import OfflineLLM
+from src.services.metrics import Metrics
+from src.services.runs import RunRegistry
+from src.settings import Settings
+
+
+class RunAgents:
+    """Hands a run's context to the current scope, then builds that run's supervisor there."""
+
+    def __init__(
+        self, *, run_context: ScopeValue, supervisor: providers.Provider[Supervisor]
+    ) -> None:
+        self._run_context = run_context
+        self._supervisor = supervisor
+
+    def __call__(self, context: RunContext) -> Supervisor:
+        current_scope().set(self._run_context, context)
+        return self._supervisor()
+
+
+class RequestContainer(containers.DeclarativeContainer):
+    # From the application (AppContainer wires these).
+    settings = providers.Dependency(instance_of=Settings)
+    database = providers.Dependency(instance_of=Database)
+    llm: providers.Dependency[LLM] = providers.Dependency()
+    broker: providers.Dependency[EventBroker] = providers.Dependency()
+    metrics = providers.Dependency(instance_of=Metrics)
+    runs = providers.Dependency(instance_of=RunRegistry)
+
+    # One per request scope.
+    run_context = ScopeValue("run_context")
+    session = RequestResource(
+        providers.Callable(Database.open_session, database),
+        closer=providers.Callable(Database.close_session, database),
+    )
+    emitter = Scoped(
+        providers.Factory(EventEmitter, context=run_context, session=session, broker=broker)
+    )
+
+    # New at every call: nothing an agent holds is ever shared with another request.
+    calculator = providers.Factory(Calculator)
+    conversation = providers.Factory(ConversationHistory, session=session, context=run_context)
+    triage = providers.Factory(TriageAgent, events=emitter, tracker=metrics, llm=llm)
+    math_agent = providers.Factory(
+        MathAgent, events=emitter, tracker=metrics, calculator=calculator
+    )
+    history_agent = providers.Factory(
+        HistoryAgent, events=emitter, tracker=metrics, history=conversation
+    )
+    general_agent = providers.Factory(
+        GeneralAgent, events=emitter, tracker=metrics, llm=llm, history=conversation
+    )
+    supervisor = providers.Factory(
+        Supervisor,
+        context=run_context,
+        emitter=emitter,
+        triage=triage,
+        # Providers, not agents: only the specialist triage picks is ever built.
+        specialists=providers.Dict(
+            math=math_agent.provider,
+            history=history_agent.provider,
+            general=general_agent.provider,
+        ),
+        run_timeout_s=settings.provided.run_timeout_s,
+        metrics=metrics,
+    )
+    agents_for = providers.Factory(
+        RunAgents, run_context=run_context.provider, supervisor=supervisor.provider
+    )
+    chat = Scoped(
+        providers.Factory(
+            ChatService, session=session, runs=runs, agents_for=agents_for, metrics=metrics
+        )
+    )
+
+
+class AppContainer(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+    metrics = providers.Singleton(Metrics)
+    engine = providers.Singleton(
+        create_engine,
+        settings.provided.database_url,
+        pool_size=settings.provided.db_pool_size,
+        max_overflow=settings.provided.db_max_overflow,
+    )
+    database = providers.Singleton(Database, engine=engine, metrics=metrics)
+    llm = providers.Singleton(OfflineLLM)
+    broker = providers.Singleton(InProcessBroker)
+    runs = providers.Singleton(RunRegistry)
+    tokens = providers.Singleton(
+        TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
+    )
+
+    request = providers.Container(
+        RequestContainer,
+        settings=settings,
+        database=database,
+        llm=llm,
+        broker=broker,
+        metrics=metrics,
+        runs=runs,
+    )
+
+
+def build_container(settings: Settings | None = None) -> AppContainer:
+    return AppContainer(settings=providers.Object(settings or Settings()))
+
+
+def request_scope(container: AppContainer) -> RequestScope:
+    """The one way to open a request scope: ``async with request_scope(container):``.
+
+    Everything the request resolved from ``container.request`` is disposed on exit, on every
+    exit path; the app's objects are never touched.
+    """
+    return RequestScope(observer=container.metrics())

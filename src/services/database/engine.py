@@ -1,0 +1,103 @@
+"""The application's engine and its sessions (app lifetime)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from src.aio import uninterrupted
+from src.services.metrics import Metrics
+
+T = TypeVar("T")
+
+
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+        )
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        connect_args={"timeout": 15},  # seconds a writer waits for the lock before giving up
+    )
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling is switched off so that BEGIN below is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front, so a transaction that reads and then writes
+        # waits for the lock instead of failing with SQLITE_BUSY when another writer got there.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """Engine, session factory and the count of open sessions."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.engine = engine
+        self._metrics = metrics
+        self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+
+    def open_session(self) -> AsyncSession:
+        session = self._sessionmaker()
+        self._metrics.db_sessions_open.inc()
+        return session
+
+    async def close_session(self, session: AsyncSession) -> None:
+        try:
+            await session.close()
+        finally:
+            self._metrics.db_sessions_open.dec()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    def checked_out_connections(self) -> int:
+        checkedout: Callable[[], int] | None = getattr(self.engine.pool, "checkedout", None)
+        return checkedout() if checkedout is not None else 0
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def atomic(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one short transaction that commits, or rolls back on any error.
+
+    A cancellation that arrives meanwhile waits for the transaction to end and is then
+    re-raised: a transaction cut half-way would leave its connection checked out of the pool
+    and the session unusable for the run's final write.
+    """
+
+    async def run() -> T:
+        async with session.begin():
+            return await work(session)
+
+    return await uninterrupted(run())

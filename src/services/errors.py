@@ -1,0 +1,33 @@
+"""Errors a use case reports to its caller; the web layer maps each to its status and code."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ChatError):
+    """Also raised for another user's object: its existence is never revealed."""
+
+    code = "not_found"
+
+
+class RunInProgress(ChatError):
+    code = "run_in_progress"
+
+
+class Conflict(ChatError):
+    code = "conflict"
+
+
+class Unauthorized(ChatError):
+    code = "unauthorized"
+
+
+class Unavailable(ChatError):
+    code = "unavailable"

@@ -1,0 +1,5 @@
+"""Language models behind one port, ``LLM``."""
+
+from src.services.llm.base import LLM, ChatMessage, LLMError, LLMTimeout
+
+__all__ = ["LLM", "ChatMessage", "LLMError", "LLMTimeout"]

@@ -1,0 +1,79 @@
+"""Prometheus metrics, fed by the code paths themselves (names are part of the public contract).
+
+Each application owns its own registry, so two apps in one process (tests) never mix counts.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_scopes_open = Gauge(
+            "isochat_request_scopes_open", "Request scopes opened and not yet disposed", registry=r
+        )
+        self.request_scope_seconds = Histogram(
+            "isochat_request_scope_seconds",
+            "Time from a request scope's opening to its disposal",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.agent_instances_live = Gauge(
+            "isochat_agent_instances_live", "Agent objects not yet garbage-collected", registry=r
+        )
+        self.db_sessions_open = Gauge(
+            "isochat_db_sessions_open", "Database sessions opened and not yet closed", registry=r
+        )
+        self.runs_total = Counter(
+            "isochat_runs_total", "Runs ended, by terminal status", ["status"], registry=r
+        )
+        self.run_seconds = Histogram(
+            "isochat_run_seconds",
+            "Run duration, start to terminal state",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.agent_failures_total = Counter(
+            "isochat_agent_failures_total",
+            "Runs failed, by the agent that was working and the error code",
+            ["agent", "code"],
+            registry=r,
+        )
+        self.ws_connections = Gauge(
+            "isochat_ws_connections", "Open WebSocket connections", registry=r
+        )
+
+    # ScopeObserver
+    def scope_opened(self) -> None:
+        self.request_scopes_open.inc()
+
+    def scope_closed(self, seconds: float) -> None:
+        self.request_scopes_open.dec()
+        self.request_scope_seconds.observe(seconds)
+
+    def track_agent(self, agent: object) -> None:
+        """Count ``agent`` as live until the garbage collector takes it."""
+        self.agent_instances_live.inc()
+        weakref.finalize(agent, self.agent_instances_live.dec)
+
+    def run_ended(self, *, status: str, seconds: float) -> None:
+        self.runs_total.labels(status=status).inc()
+        self.run_seconds.observe(seconds)
+
+    def agent_failed(self, *, agent: str, code: str) -> None:
+        self.agent_failures_total.labels(agent=agent, code=code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's current value (0 when never set): for health checks and tests."""
+        got = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if got is None else got

@@ -1,0 +1,56 @@
+"""Operator settings: the only place that reads the environment (``ISOCHAT_*`` and ``.env``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Known to everybody who can read this file: fine on a laptop, refused in production.
+DEVELOPMENT_AUTH_SECRET = "isochat-development-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ISOCHAT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./var/isochat.db"
+    broker_url: str = "memory://"
+    auth_secret: str = DEVELOPMENT_AUTH_SECRET
+    token_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+    llm_provider: Literal["offline"] = "offline"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = Field(default=30.0, gt=0)
+    run_timeout_s: float = Field(default=120.0, gt=0)
+
+    max_message_chars: int = Field(default=8000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_secret(self) -> Settings:
+        if self.env == "production" and (
+            self.auth_secret == DEVELOPMENT_AUTH_SECRET or len(self.auth_secret) < 32
+        ):
+            raise ValueError(
+                "ISOCHAT_AUTH_SECRET must be set to a private value of at least 32 characters "
+                "when ISOCHAT_ENV=production"
+            )
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"

@@ -1,0 +1,1 @@
+"""The HTTP face of isochat: app factory, middleware, routes and error mapping."""

@@ -1,0 +1,34 @@
+"""``create_app(container)``: the one place the web application is assembled."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from src.container import AppContainer
+from src.web.errors import EXCEPTION_HANDLERS
+from src.web.middleware import RequestScopeMiddleware
+from src.web.routes import ROUTES
+
+
+def create_app(container: AppContainer) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            # Runs still going end `cancelled` (not left `running`), then connections close.
+            await container.runs().cancel_all()
+            await container.database().dispose()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestScopeMiddleware, container=container)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    return app

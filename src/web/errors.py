@@ -1,0 +1,63 @@
+"""Error responses, exactly as the public contract shapes them:
+``{"error": {"code": "<snake_case>", "message": "<for humans>"}}``."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from src.services.errors import ChatError
+
+_STATUS_OF_CODE = {
+    "invalid_json": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "run_in_progress": 409,
+    "payload_too_large": 413,
+    "validation_error": 422,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "unavailable": 503,
+}
+
+
+class ApiError(Exception):
+    """A request the web layer refuses before any use case runs (bad JSON, bad field, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_response(code: str, message: str, *, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=_STATUS_OF_CODE[code],
+        headers=headers,
+    )
+
+
+async def on_api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError | ChatError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
+    return error_response(exc.code, exc.message, headers=headers)
+
+
+async def on_http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response("method_not_allowed", "this method is not allowed on this path")
+    if exc.status_code == 404:
+        return error_response("not_found", "no such path")
+    return error_response("internal_error", "the server could not answer this request")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: on_api_error,
+    ChatError: on_api_error,
+    HTTPException: on_http_exception,
+}

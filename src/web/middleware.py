@@ -1,0 +1,61 @@
+"""Pure ASGI middleware: a request id and a request scope for every HTTP request.
+
+The scope is entered for every request but costs nothing until a handler first resolves a
+request-scoped provider; it is disposed on every way out: a response, an exception, a client
+that went away, a cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from src.container import AppContainer, request_scope
+from src.logs import log_failure
+from src.web.errors import error_response
+
+log = logging.getLogger(__name__)
+
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return value.decode("ascii") if _VALID_REQUEST_ID.match(value) else None
+    return None
+
+
+class RequestScopeMiddleware:
+    def __init__(self, app: ASGIApp, *, container: AppContainer) -> None:
+        self._app = app
+        self._container = container
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope) or str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        async with request_scope(self._container):
+            try:
+                await self._app(scope, receive, send_with_request_id)
+            except Exception as exc:
+                # Logged here with its request id; the client gets no detail.
+                log_failure(log, "unhandled error in request %s", request_id, exc=exc)
+                if not response_started:
+                    response = error_response("internal_error", "an internal error occurred")
+                    await response(scope, receive, send_with_request_id)

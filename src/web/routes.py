@@ -1,0 +1,187 @@
+"""The HTTP endpoints of the public contract."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from src.container import AppContainer
+from src.services.auth import valid_user_id
+from src.services.chat import ChatService
+from src.services.errors import Unauthorized
+from src.settings import Settings
+from src.web.bodies import DevLogin, NewMessage, NewThread, read_json
+from src.web.errors import ApiError, error_response
+
+READY_CHECK_TIMEOUT_S = 2.0
+
+
+def _container(request: Request) -> AppContainer:
+    container: AppContainer = request.app.state.container
+    return container
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = _container(request).settings()
+    return settings
+
+
+def _chat(request: Request) -> ChatService:
+    chat: ChatService = _container(request).request.chat()
+    return chat
+
+
+def authenticated_user(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send Authorization: Bearer <token>")
+    user: str = _container(request).tokens().user_of(token.strip())
+    return user
+
+
+def _json(data: Any, status_code: int = 200) -> Response:
+    return JSONResponse(data, status_code=status_code)
+
+
+# health and metrics
+
+
+async def live(_: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    checks = {"database": "ok"}
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            await _container(request).database().ping()
+    except Exception:
+        checks["database"] = "unavailable"
+    failing = [name for name, state in checks.items() if state != "ok"]
+    if not failing:
+        return _json({"status": "ok", "checks": checks})
+    body = {
+        "status": "unavailable",
+        "checks": checks,
+        "error": {"code": "unavailable", "message": f"failing checks: {', '.join(failing)}"},
+    }
+    return _json(body, 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(
+        _container(request).metrics().render(),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+# identity
+
+
+async def dev_login(request: Request) -> Response:
+    if not _settings(request).is_development:
+        return error_response("not_found", "no such path")
+    body = await read_json(request, DevLogin, max_bytes=_settings(request).max_body_bytes)
+    if not valid_user_id(body.user_id):
+        raise ApiError(
+            "validation_error",
+            "user_id: 1-200 characters of letters, digits and . _ @ -",
+        )
+    return _json({"token": _container(request).tokens().issue(body.user_id)})
+
+
+# threads and messages
+
+
+async def create_thread(request: Request) -> Response:
+    user = authenticated_user(request)
+    body = await read_json(
+        request, NewThread, max_bytes=_settings(request).max_body_bytes, empty_ok=True
+    )
+    thread = await _chat(request).create_thread(user_id=user, title=body.title)
+    return _json(thread.to_json(), 201)
+
+
+async def list_threads(request: Request) -> Response:
+    user = authenticated_user(request)
+    threads = await _chat(request).list_threads(user_id=user)
+    return _json({"threads": [t.to_json() for t in threads]})
+
+
+async def get_thread(request: Request) -> Response:
+    user = authenticated_user(request)
+    thread = await _chat(request).get_thread(user_id=user, thread_id=request.path_params["id"])
+    return _json(thread.to_json())
+
+
+async def list_messages(request: Request) -> Response:
+    user = authenticated_user(request)
+    messages = await _chat(request).list_messages(user_id=user, thread_id=request.path_params["id"])
+    return _json({"messages": [m.to_json() for m in messages]})
+
+
+async def post_message(request: Request) -> Response:
+    user = authenticated_user(request)
+    settings = _settings(request)
+    body = await read_json(request, NewMessage, max_bytes=settings.max_body_bytes)
+    if not body.content.strip():
+        raise ApiError("validation_error", "content: must not be blank")
+    if len(body.content) > settings.max_message_chars:
+        raise ApiError(
+            "validation_error",
+            f"content: must be at most {settings.max_message_chars} characters",
+        )
+    run, message = await _chat(request).send_message(
+        user_id=user,
+        thread_id=request.path_params["id"],
+        content=body.content,
+        request_id=request.state.request_id,
+    )
+    return _json({"run": run.to_json(), "message": None if message is None else message.to_json()})
+
+
+# runs
+
+
+async def get_run(request: Request) -> Response:
+    user = authenticated_user(request)
+    run = await _chat(request).get_run(user_id=user, run_id=request.path_params["id"])
+    return _json(run.to_json())
+
+
+async def list_events(request: Request) -> Response:
+    user = authenticated_user(request)
+    raw_after = request.query_params.get("after", "0")
+    if not raw_after.isdigit() or len(raw_after) > 18:
+        raise ApiError("validation_error", "after: must be a whole number, 0 or more")
+    events = await _chat(request).list_events(
+        user_id=user, run_id=request.path_params["id"], after=int(raw_after)
+    )
+    return _json({"events": [e.to_json() for e in events]})
+
+
+async def cancel_run(request: Request) -> Response:
+    user = authenticated_user(request)
+    run = await _chat(request).cancel_run(user_id=user, run_id=request.path_params["id"])
+    return _json({"run": run.to_json()}, 202)
+
+
+ROUTES = [
+    Route("/health/live", live, methods=["GET"]),
+    Route("/health/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/api/auth/dev-login", dev_login, methods=["POST"]),
+    Route("/api/threads", create_thread, methods=["POST"]),
+    Route("/api/threads", list_threads, methods=["GET"]),
+    Route("/api/threads/{id}", get_thread, methods=["GET"]),
+    Route("/api/threads/{id}/messages", list_messages, methods=["GET"]),
+    Route("/api/threads/{id}/messages", post_message, methods=["POST"]),
+    Route("/api/runs/{id}", get_run, methods=["GET"]),
+    Route("/api/runs/{id}/events", list_events, methods=["GET"]),
+    Route("/api/runs/{id}/cancel", cancel_run, methods=["POST"]),
+]

@@ -1,0 +1,48 @@
+"""Shared fixtures: a real container on a real SQLite file, the real app over ASGI."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from src.container import AppContainer, build_container
+from src.services.database.models import Base
+from src.settings import Settings
+from src.web.app import create_app
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
+        run_timeout_s=10.0,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+async def container(settings: Settings) -> AsyncIterator[AppContainer]:
+    container = build_container(settings)
+    async with container.database().engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    yield container
+    await container.runs().cancel_all()
+    await container.database().dispose()
+    gc.collect()
+
+
+@pytest.fixture
+def app(container: AppContainer) -> Starlette:
+    return create_app(container)
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://isochat.test") as client:
+        yield client

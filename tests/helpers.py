@@ -1,0 +1,54 @@
+"""What tests do over and over: log in, open a thread, send a message, read the gauges."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import httpx
+
+from src.container import AppContainer
+
+
+def auth(container: AppContainer, user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {container.tokens().issue(user_id)}"}
+
+
+async def new_thread(client: httpx.AsyncClient, headers: dict[str, str], title: str = "t") -> str:
+    response = await client.post("/api/threads", json={"title": title}, headers=headers)
+    assert response.status_code == 201, response.text
+    thread_id: str = response.json()["id"]
+    return thread_id
+
+
+async def send(
+    client: httpx.AsyncClient, headers: dict[str, str], thread_id: str, content: str
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/api/threads/{thread_id}/messages", json={"content": content}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def leaks(container: AppContainer) -> dict[str, float]:
+    """Everything that must be back to zero once traffic stops (after a garbage collection)."""
+    gc.collect()
+    metrics = container.metrics()
+    return {
+        "scopes_open": metrics.value("isochat_request_scopes_open"),
+        "agents_live": metrics.value("isochat_agent_instances_live"),
+        "sessions_open": metrics.value("isochat_db_sessions_open"),
+        "connections_checked_out": container.database().checked_out_connections(),
+        "runs_executing": len(container.runs()),
+    }
+
+
+NO_LEAKS = {
+    "scopes_open": 0,
+    "agents_live": 0,
+    "sessions_open": 0,
+    "connections_checked_out": 0,
+    "runs_executing": 0,
+}

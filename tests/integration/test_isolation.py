@@ -1,0 +1,271 @@
+"""The product's core promise: one run's failure never reaches another run."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import weakref
+from typing import Any
+
+import httpx
+from dependency_injector import providers
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.agents.base import Agent, AgentTracker, RunEvents
+from src.agents.specialists import MathAgent
+from src.agents.tools import Calculator
+from src.container import AppContainer
+from src.settings import Settings
+from tests.fakes import install_chaos
+from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send
+
+
+def sum_question(i: int) -> tuple[str, str]:
+    """A question only request ``i`` asks, and the answer only it may get."""
+    a, b = 1000 + i, 7 * i
+    return f"what is {a} + {b}?", f"{a} + {b} = {a + b}"
+
+
+class RecordingMath(MathAgent):
+    """The math agent, noting which session and emitter its request gave it."""
+
+    def __init__(
+        self,
+        *,
+        events: RunEvents,
+        tracker: AgentTracker,
+        calculator: Calculator,
+        session: AsyncSession,
+        seen: list[dict[str, Any]],
+    ) -> None:
+        super().__init__(events=events, tracker=tracker, calculator=calculator)
+        seen.append({"agent": self, "session": session, "emitter": events})
+
+
+async def test_agent_instance_isolation(container: AppContainer, client: httpx.AsyncClient) -> None:
+    """Concurrent requests never share an agent, a session or an emitter."""
+    seen: list[dict[str, Any]] = []
+    request = container.request
+    request.math_agent.override(
+        providers.Factory(
+            RecordingMath,
+            events=request.emitter,
+            tracker=request.metrics,
+            calculator=request.calculator,
+            session=request.session,
+            seen=seen,
+        )
+    )
+    users = [f"user{i}" for i in range(12)]
+    threads = {u: await new_thread(client, auth(container, u)) for u in users}
+
+    results = await asyncio.gather(
+        *(
+            send(client, auth(container, u), threads[u], sum_question(i)[0])
+            for i, u in enumerate(users)
+        )
+    )
+
+    for i, body in enumerate(results):
+        assert body["message"]["content"] == sum_question(i)[1]
+    assert len(seen) == len(users)
+    for kind in ("agent", "session", "emitter"):
+        objects = [s[kind] for s in seen]
+        assert len({id(o) for o in objects}) == len(users), f"a {kind} was shared"
+
+
+async def test_failure_isolation(container: AppContainer, client: httpx.AsyncClient) -> None:
+    """Among concurrent requests, those forced to fail in triage fail alone: every other one
+    completes with its own correct answer."""
+    install_chaos(container)
+    users = [f"user{i}" for i in range(30)]
+    threads = {u: await new_thread(client, auth(container, u)) for u in users}
+    failing = set(range(0, 30, 3))
+
+    def content(i: int) -> str:
+        question = sum_question(i)[0]
+        return f"[fail:agent] {question}" if i in failing else question
+
+    results = await asyncio.gather(
+        *(send(client, auth(container, u), threads[u], content(i)) for i, u in enumerate(users))
+    )
+
+    for i, body in enumerate(results):
+        if i in failing:
+            assert body["run"]["status"] == "failed"
+            assert body["run"]["error"]["code"] == "agent_error"
+            assert body["message"] is None
+        else:
+            assert body["run"]["status"] == "completed", body
+            assert body["message"]["content"] == sum_question(i)[1]
+    assert leaks(container) == NO_LEAKS
+
+
+async def test_agent_restart_after_failure(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """After a run fails on a database error, another user's request succeeds, and so does the
+    failing user's next request on the same thread: nothing was left broken or locked."""
+    install_chaos(container)
+    alice, bob = auth(container, "alice"), auth(container, "bob")
+    alice_thread = await new_thread(client, alice)
+    bob_thread = await new_thread(client, bob)
+
+    failed = await send(client, alice, alice_thread, "[fail:db] what is 2 + 2?")
+    assert failed["run"]["status"] == "failed"
+    assert failed["run"]["error"]["code"] == "database_error"
+
+    bobs = await send(client, bob, bob_thread, "what is 3 * 4?")
+    assert bobs["run"]["status"] == "completed"
+    assert bobs["message"]["content"] == "3 * 4 = 12"
+
+    again = await send(client, alice, alice_thread, "what is 2 + 2?")
+    assert again["run"]["status"] == "completed"
+    assert again["message"]["content"] == "2 + 2 = 4"
+
+    messages = (await client.get(f"/api/threads/{alice_thread}/messages", headers=alice)).json()
+    assert [(m["role"], m["content"]) for m in messages["messages"]] == [
+        ("user", "[fail:db] what is 2 + 2?"),  # stored before the run, kept after its failure
+        ("user", "what is 2 + 2?"),
+        ("assistant", "2 + 2 = 4"),
+    ]
+
+
+async def test_context_cleanup_after_request(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """After runs that complete, fail, time out and are cancelled, nothing is left: no open
+    scope, no live agent, no open session, no connection checked out of the pool."""
+    install_chaos(container)
+    container.settings.override(
+        providers.Object(container.settings().model_copy(update={"run_timeout_s": 0.5}))
+    )
+    created: list[weakref.ref[Agent]] = []
+    tracker = container.metrics()
+    original_track = tracker.track_agent
+
+    def track_and_remember(agent: object) -> None:
+        assert isinstance(agent, Agent)
+        created.append(weakref.ref(agent))
+        original_track(agent)
+
+    tracker.track_agent = track_and_remember  # type: ignore[method-assign]
+    headers = auth(container, "carol")
+    threads = [await new_thread(client, headers) for _ in range(5)]
+
+    completed = await send(client, headers, threads[0], "what is 6 * 7?")
+    failed = await send(client, headers, threads[1], "what is 1/0?")
+    timed_out = await send(client, headers, threads[2], "[hang] what is 1 + 1?")
+    hanging = asyncio.create_task(send(client, headers, threads[3], "[hang] forever"))
+    run_id = await _running_run_id(client, headers, threads[3])
+    cancel = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
+    cancelled = await hanging
+
+    assert completed["run"]["status"] == "completed"
+    assert failed["run"]["error"]["code"] == "tool_error"
+    assert timed_out["run"]["error"]["code"] == "timeout"
+    assert cancel.status_code == 202
+    assert cancel.json()["run"]["status"] == "cancelled"
+    assert cancelled["run"]["status"] == "cancelled"
+    gc.collect()
+    assert created, "the runs built no agents"
+    assert [ref for ref in created if ref() is not None] == []
+    assert leaks(container) == NO_LEAKS
+
+
+async def _running_run_id(
+    client: httpx.AsyncClient, headers: dict[str, str], thread_id: str
+) -> str:
+    """The id of the run that a message sent to ``thread_id`` started, once it is visible."""
+    for _ in range(500):
+        messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()
+        if messages["messages"]:
+            run_id: str = messages["messages"][-1]["run_id"]
+            return run_id
+        await asyncio.sleep(0.01)
+    raise AssertionError("the run never started")
+
+
+async def test_concurrent_load_with_failures(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """200 concurrent requests, 20% forced to fail in mixed ways: every other one completes
+    with its own correct answer, and nothing leaks."""
+    install_chaos(container)
+    container.settings.override(
+        providers.Object(container.settings().model_copy(update={"run_timeout_s": 3.0}))
+    )
+    total = 200
+    kinds = ["[fail:agent]", "[fail:db]", "[fail:llm]", "[hang]", "tool"]
+    expected_code = {
+        "[fail:agent]": "agent_error",
+        "[fail:db]": "database_error",
+        "[fail:llm]": "llm_error",
+        "[hang]": "timeout",
+        "tool": "tool_error",
+    }
+    rng = random.Random(20)
+    failing = {i: kinds[n % len(kinds)] for n, i in enumerate(rng.sample(range(total), 40))}
+    users = [f"load{i % 50}" for i in range(total)]  # 50 users, 4 threads each
+    threads = [await new_thread(client, auth(container, users[i])) for i in range(total)]
+
+    def content(i: int) -> str:
+        kind = failing.get(i)
+        if kind is None:
+            return sum_question(i)[0]
+        if kind == "tool":
+            return f"what is {i} / 0?"
+        if kind == "[fail:llm]":
+            return f"{kind} tell me a story {i}"  # the general agent asks the model
+        return f"{kind} {sum_question(i)[0]}"
+
+    results = await asyncio.gather(
+        *(send(client, auth(container, users[i]), threads[i], content(i)) for i in range(total))
+    )
+
+    for i, body in enumerate(results):
+        kind = failing.get(i)
+        if kind is None:
+            assert body["run"]["status"] == "completed", body
+            assert body["message"]["content"] == sum_question(i)[1]
+        else:
+            assert body["run"]["status"] == "failed", body
+            assert body["run"]["error"]["code"] == expected_code[kind], body
+    assert leaks(container) == NO_LEAKS
+
+
+async def test_hanging_agent_is_cut_off_at_run_timeout_while_others_finish(
+    settings: Settings, container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """Hanging runs end `timeout` at the run timeout; the healthy runs beside them complete
+    without waiting for them."""
+    install_chaos(container)
+    timeout_s = 1.5
+    container.settings.override(
+        providers.Object(settings.model_copy(update={"run_timeout_s": timeout_s}))
+    )
+    users = [f"u{i}" for i in range(20)]
+    threads = {u: await new_thread(client, auth(container, u)) for u in users}
+    hanging = {u for i, u in enumerate(users) if i % 4 == 0}
+    loop = asyncio.get_running_loop()
+    finished_at: dict[str, float] = {}
+
+    async def one(i: int, user: str) -> dict[str, Any]:
+        content = f"[hang] {i}" if user in hanging else sum_question(i)[0]
+        body = await send(client, auth(container, user), threads[user], content)
+        finished_at[user] = loop.time()
+        return body
+
+    started = loop.time()
+    results = await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+
+    for i, (user, body) in enumerate(zip(users, results, strict=True)):
+        if user in hanging:
+            assert body["run"]["error"]["code"] == "timeout"
+            assert finished_at[user] - started >= timeout_s
+        else:
+            assert body["message"]["content"] == sum_question(i)[1]
+            # Order, not speed: every healthy run was done before any hanging run was cut off.
+            assert finished_at[user] < min(finished_at[h] for h in hanging)
+    assert leaks(container) == NO_LEAKS
