@@ -28,8 +28,6 @@ from typing import Any, Protocol
 
 from dependency_injector import providers
 
-from src.aio import uninterrupted
-
 log = logging.getLogger(__name__)
 
 _current_scope: ContextVar[RequestScope | None] = ContextVar("isochat_request_scope", default=None)
@@ -57,7 +55,9 @@ class RequestScope:
     needs nothing from the container never opens one, and is not counted as an open scope.
     """
 
-    __slots__ = ("_closers", "_objects", "_observer", "_opened_at", "_token", "closed")
+    __slots__ = (
+        "__weakref__", "_closers", "_objects", "_observer", "_opened_at", "_token", "closed"
+    )  # fmt: skip
 
     def __init__(self, observer: ScopeObserver | None = None) -> None:
         self._objects: dict[object, Any] = {}
@@ -113,21 +113,26 @@ class RequestScope:
         """Dispose every object this scope opened, newest first; safe to call twice.
 
         A closer that fails is logged and the others still run: one broken object must not
-        leave the rest of the request's resources open.
+        leave the rest of the request's resources open. A closer must itself finish what it
+        starts if cancelled (see ``Database.close_session``); a cancellation that arrives
+        meanwhile is re-raised once every closer has run.
         """
         if self.closed:
             return
         self.closed = True
         closers, self._closers = self._closers, []
         self._objects.clear()
+        cancelled = False
         try:
             for closer in reversed(closers):
                 try:
-                    await uninterrupted(closer())
+                    await closer()
                 except asyncio.CancelledError:
-                    raise
+                    cancelled = True
                 except Exception:
                     log.exception("a request-scoped object failed to close")
+            if cancelled:
+                raise asyncio.CancelledError
         finally:
             if self._opened_at is not None and self._observer is not None:
                 self._observer.scope_closed(time.perf_counter() - self._opened_at)

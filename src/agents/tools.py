@@ -30,6 +30,8 @@ NO_EARLIER_MESSAGES = "no earlier messages"
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 100
 MAX_DIGITS = 60
+EXACT_DIGITS = 50  # integers up to this many digits come out exact
+SHOWN_DIGITS = 28  # other results are shown to this many significant digits
 
 _BINARY: dict[type[ast.operator], Callable[[Decimal, Decimal], Decimal]] = {
     ast.Add: operator.add,
@@ -62,7 +64,7 @@ def evaluate(expression: str) -> Decimal:
     except SyntaxError:
         raise ToolError(f"not an arithmetic expression: {expression!r}") from None
     with localcontext() as ctx:
-        ctx.prec = 28
+        ctx.prec = EXACT_DIGITS
         ctx.traps[DivisionByZero] = True
         ctx.traps[InvalidOperation] = True
         try:
@@ -97,14 +99,9 @@ def _eval(node: ast.expr) -> Decimal:
 
 
 def format_number(value: Decimal) -> str:
-    if value.is_zero():
-        return "0"
-    if value == value.to_integral_value() and value.adjusted() < MAX_DIGITS:
+    if value == value.to_integral_value() and value.adjusted() < EXACT_DIGITS:
         return str(int(value))
-    normalized = value.normalize()
-    if -6 <= normalized.adjusted() < 15:
-        return format(normalized, "f")
-    return str(normalized)
+    return format(value, f".{SHOWN_DIGITS}g")
 
 
 class ConversationHistory:

@@ -27,8 +27,9 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> As
         return create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
         )
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    path = parsed.database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -71,8 +72,16 @@ class Database:
         return session
 
     async def close_session(self, session: AsyncSession) -> None:
+        """Close ``session``, rolling back what was not committed; never stops half-way."""
         try:
-            await session.close()
+            if session.in_transaction():
+                # Real I/O (a rollback, a connection back to the pool): finish it even if
+                # this task is cancelled meanwhile, or the connection stays checked out.
+                await uninterrupted(session.close())
+            else:
+                # No transaction means no connection and no I/O: closing cannot be cut short,
+                # and the plain synchronous close skips the async bridge (~8 us a request).
+                session.sync_session.close()
         finally:
             self._metrics.db_sessions_open.dec()
 

@@ -216,4 +216,4 @@ async def list_events(
         .where(RunEventRow.run_id == run_id, RunRow.user_id == user_id, RunEventRow.seq > after)
         .order_by(RunEventRow.seq)
     )
-    return [_event(row, thread_id) for row, thread_id in rows.tuples()]
+    return [_event(row, thread_id) for row, thread_id in rows]

@@ -1,0 +1,158 @@
+"""`isochat serve` as a real process on a free port, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ISOCHAT = str(Path(sys.executable).parent / "isochat")
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def environment(tmp_path: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISOCHAT_")}
+    env |= {
+        "ISOCHAT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/var/isochat.db",
+        "ISOCHAT_HOST": "127.0.0.1",
+        "ISOCHAT_PORT": str(port),
+        "ISOCHAT_LOG_LEVEL": "warning",
+    }
+    return env
+
+
+def wait_until_live(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{server.log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"the server did not come up:\n{server.log.read_text()}")
+
+
+@pytest.fixture
+def interrupted_run(tmp_path: Path) -> tuple[str, str]:
+    """A database a crashed server left behind: a run still `running` with one event."""
+    port = free_port()
+    subprocess.run([ISOCHAT, "migrate"], env=environment(tmp_path, port), check=True)
+    thread_id, run_id, now = str(uuid.uuid4()), str(uuid.uuid4()), "2026-01-01 00:00:00.000000"
+    with sqlite3.connect(tmp_path / "var" / "isochat.db") as db:
+        db.execute(
+            "INSERT INTO threads (id, user_id, title, created_at) VALUES (?, 'dave', 't', ?)",
+            (thread_id, now),
+        )
+        db.execute(
+            "INSERT INTO runs (id, thread_id, user_id, status, created_at)"
+            " VALUES (?, ?, 'dave', 'running', ?)",
+            (run_id, thread_id, now),
+        )
+        db.execute(
+            "INSERT INTO run_events (run_id, seq, type, data, ts)"
+            " VALUES (?, 1, 'run_started', '{}', ?)",
+            (run_id, now),
+        )
+    return thread_id, run_id
+
+
+@pytest.fixture
+def server(tmp_path: Path, interrupted_run: tuple[str, str]) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [ISOCHAT, "serve"], env=environment(tmp_path, port), stdout=out, stderr=out
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", process=process, log=log)
+    try:
+        wait_until_live(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_a_real_server_runs_chats_and_closes_interrupted_runs(
+    server: Server, interrupted_run: tuple[str, str]
+) -> None:
+    """Over real HTTP: log in, chat, replay events; a run a dead server left `running` was
+    closed as `interrupted` at start-up, so its thread takes messages again; SIGTERM stops the
+    server cleanly."""
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get("/health/ready").json()["checks"] == {"database": "ok"}
+        token = http.post("/api/auth/dev-login", json={"user_id": "alice"}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "e2e-1"}
+
+        thread = http.post("/api/threads", json={"title": "e2e"}, headers=headers)
+        assert thread.status_code == 201
+        assert thread.headers["x-request-id"] == "e2e-1"
+        thread_id = thread.json()["id"]
+        answer = http.post(
+            f"/api/threads/{thread_id}/messages",
+            json={"content": "what is 21 * 2?"},
+            headers=headers,
+        )
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["run"]["status"] == "completed"
+        assert body["message"]["content"] == "21 * 2 = 42"
+        events = http.get(f"/api/runs/{body['run']['id']}/events", headers=headers).json()
+        assert events["events"][0]["data"] == {"request_id": "e2e-1"}
+        assert events["events"][-1]["type"] == "run_completed"
+
+        dave_thread, dave_run = interrupted_run
+        dave = {
+            "Authorization": "Bearer "
+            + http.post("/api/auth/dev-login", json={"user_id": "dave"}).json()["token"]
+        }
+        run = http.get(f"/api/runs/{dave_run}", headers=dave).json()
+        assert run["status"] == "failed" and run["error"]["code"] == "interrupted"
+        replay = http.get(f"/api/runs/{dave_run}/events?after=1", headers=dave).json()["events"]
+        assert [(e["seq"], e["type"]) for e in replay] == [(2, "run_failed")]
+        again = http.post(
+            f"/api/threads/{dave_thread}/messages", json={"content": "what is 1 + 1?"}, headers=dave
+        )
+        assert again.json()["run"]["status"] == "completed"
+
+        metrics = http.get("/metrics").text
+        assert 'isochat_runs_total{status="completed"} 2.0' in metrics
+
+    server.process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert server.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log.read_text()

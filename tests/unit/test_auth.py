@@ -1,0 +1,46 @@
+"""Bearer tokens: HS256, `sub` is the user, `exp` honoured."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from src.services.auth import TokenService
+from src.services.errors import Unauthorized
+from src.settings import DEVELOPMENT_AUTH_SECRET, Settings
+
+SECRET = "s" * 64
+
+
+def test_a_token_names_its_user() -> None:
+    """What `issue` signs, `user_of` reads back."""
+    tokens = TokenService(secret=SECRET, ttl_s=60)
+    assert tokens.user_of(tokens.issue("alice@example.com")) == "alice@example.com"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode({"sub": "alice", "exp": int(time.time()) - 10}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "other" * 10, algorithm="HS256"),
+        jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "a b", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS512"),
+        "garbage",
+    ],
+)
+def test_expired_foreign_or_malformed_tokens_are_refused(token: str) -> None:
+    """Expired, wrongly signed, exp-less, bad-subject, wrong-algorithm and junk tokens: 401."""
+    with pytest.raises(Unauthorized):
+        TokenService(secret=SECRET, ttl_s=60).user_of(token)
+
+
+def test_production_refuses_the_development_secret() -> None:
+    """Production will not start with the built-in or a short secret, and says what to set."""
+    with pytest.raises(ValueError, match="ISOCHAT_AUTH_SECRET"):
+        Settings(env="production", auth_secret=DEVELOPMENT_AUTH_SECRET, _env_file=None)
+    with pytest.raises(ValueError, match="ISOCHAT_AUTH_SECRET"):
+        Settings(env="production", auth_secret="short", _env_file=None)
+    assert Settings(env="production", auth_secret=SECRET, _env_file=None).env == "production"
