@@ -105,9 +105,9 @@ class RequestScope:
         """
         if not isinstance(provider, ScopeValue):
             raise TypeError(f"only a ScopeValue takes a value from the scope, not {provider!r}")
-        if provider.key in self._objects:
+        if provider in self._objects:
             raise ScopeError(f"{provider.name} is already set in this request scope")
-        self.store(provider.key, value)
+        self.store(provider, value)
 
     async def aclose(self) -> None:
         """Dispose every object this scope opened, newest first; safe to call twice.
@@ -148,22 +148,31 @@ def current_scope() -> RequestScope:
     return scope
 
 
-class Scoped(providers.Provider[Any]):
+class _ScopeProvider(providers.Provider[Any]):
+    """What the request-scoped providers share: how dependency-injector copies them when a
+    container is instantiated."""
+
+    def _copy(self, memo: dict[Any, Any]) -> _ScopeProvider:
+        raise NotImplementedError
+
+    def __deepcopy__(self, memo: dict[Any, Any] | None) -> _ScopeProvider:
+        memo = {} if memo is None else memo
+        copied: _ScopeProvider | None = memo.get(id(self))
+        if copied is None:
+            copied = memo[id(self)] = self._copy(memo)
+            self._copy_overridings(copied, memo)
+        return copied
+
+
+class Scoped(_ScopeProvider):
     """One object per request scope: ``provides`` runs at the first use in each scope."""
 
     def __init__(self, provides: providers.Provider[Any]) -> None:
         self._provides = provides
         super().__init__()
 
-    def __deepcopy__(self, memo: dict[Any, Any] | None) -> Scoped:
-        memo = {} if memo is None else memo
-        copied = memo.get(id(self))
-        if copied is not None:
-            return copied  # type: ignore[no-any-return]
-        copied = type(self)(providers.deepcopy(self._provides, memo))
-        memo[id(self)] = copied
-        self._copy_overridings(copied, memo)
-        return copied
+    def _copy(self, memo: dict[Any, Any]) -> Scoped:
+        return Scoped(providers.deepcopy(self._provides, memo))
 
     @property
     def related(self) -> Iterator[providers.Provider[Any]]:
@@ -176,11 +185,14 @@ class Scoped(providers.Provider[Any]):
             return scope.lookup(self)
         except KeyError:
             value = self._provides(*args, **kwargs)
-            scope.store(self, value)
+            scope.store(self, value, closer=self._closer_for(value))
             return value
 
+    def _closer_for(self, value: Any) -> Closer | None:
+        return None
 
-class RequestResource(providers.Provider[Any]):
+
+class RequestResource(Scoped):
     """A resource opened at its first use in a scope and closed when that scope is disposed.
 
     ``opener`` provides the object (synchronously: constructing an ``AsyncSession`` does no I/O,
@@ -190,60 +202,36 @@ class RequestResource(providers.Provider[Any]):
     """
 
     def __init__(self, opener: providers.Provider[Any], *, closer: providers.Provider[Any]) -> None:
-        self._opener = opener
         self._closer = closer
-        super().__init__()
+        super().__init__(opener)
 
-    def __deepcopy__(self, memo: dict[Any, Any] | None) -> RequestResource:
-        memo = {} if memo is None else memo
-        copied = memo.get(id(self))
-        if copied is not None:
-            return copied  # type: ignore[no-any-return]
-        copied = type(self)(
-            providers.deepcopy(self._opener, memo), closer=providers.deepcopy(self._closer, memo)
+    def _copy(self, memo: dict[Any, Any]) -> RequestResource:
+        return RequestResource(
+            providers.deepcopy(self._provides, memo), closer=providers.deepcopy(self._closer, memo)
         )
-        memo[id(self)] = copied
-        self._copy_overridings(copied, memo)
-        return copied
 
     @property
     def related(self) -> Iterator[providers.Provider[Any]]:
-        yield self._opener
         yield self._closer
         yield from super().related
 
-    def _provide(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        scope = current_scope()
-        try:
-            return scope.lookup(self)
-        except KeyError:
-            pass
-        value = self._opener(*args, **kwargs)
+    def _closer_for(self, value: Any) -> Closer:
         closer = self._closer
-        scope.store(self, value, closer=lambda: closer(value))
-        return value
+        return lambda: closer(value)
 
 
-class ScopeValue(providers.Provider[Any]):
+class ScopeValue(_ScopeProvider):
     """A value handed to the scope rather than made by it (``scope.set(provider, value)``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.key = object()
         super().__init__()
 
-    def __deepcopy__(self, memo: dict[Any, Any] | None) -> ScopeValue:
-        memo = {} if memo is None else memo
-        copied = memo.get(id(self))
-        if copied is not None:
-            return copied  # type: ignore[no-any-return]
-        copied = type(self)(self.name)
-        memo[id(self)] = copied
-        self._copy_overridings(copied, memo)
-        return copied
+    def _copy(self, memo: dict[Any, Any]) -> ScopeValue:
+        return ScopeValue(self.name)
 
     def _provide(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
-            return current_scope().lookup(self.key)
+            return current_scope().lookup(self)
         except KeyError:
             raise ScopeError(f"{self.name} has not been set in this request scope") from None

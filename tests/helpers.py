@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
@@ -30,6 +31,17 @@ async def send(
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def wait_for_run(client: httpx.AsyncClient, headers: dict[str, str], thread_id: str) -> str:
+    """The id of the run a message sent to ``thread_id`` started, once its message is stored."""
+    for _ in range(500):
+        messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()
+        if messages["messages"]:
+            run_id: str = messages["messages"][-1]["run_id"]
+            return run_id
+        await asyncio.sleep(0.01)
+    raise AssertionError("the run never started")
 
 
 def leaks(container: AppContainer) -> dict[str, float]:

@@ -16,7 +16,7 @@ from src.services.database.engine import Database, create_engine
 from src.services.database.models import RunEventRow, RunRow, utcnow
 from src.services.domain import FINAL_EVENT_TYPES
 from tests.fakes import install_chaos
-from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send
+from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -168,7 +168,7 @@ async def test_one_run_at_a_time_per_thread(
     headers = auth(container, "alice")
     busy, other = await new_thread(client, headers), await new_thread(client, headers)
     hanging = asyncio.create_task(send(client, headers, busy, "[hang]"))
-    run_id = await _wait_for_run(client, headers, busy)
+    run_id = await wait_for_run(client, headers, busy)
 
     second = await client.post(
         f"/api/threads/{busy}/messages", json={"content": "hello?"}, headers=headers
@@ -192,16 +192,6 @@ async def test_one_run_at_a_time_per_thread(
     assert [e["type"] for e in events][-1] == "run_cancelled"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert leaks(container) == NO_LEAKS
-
-
-async def _wait_for_run(client: httpx.AsyncClient, headers: dict[str, str], thread_id: str) -> str:
-    for _ in range(500):
-        messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()
-        if messages["messages"]:
-            run_id: str = messages["messages"][-1]["run_id"]
-            return run_id
-        await asyncio.sleep(0.01)
-    raise AssertionError("the run never started")
 
 
 async def test_another_users_objects_are_not_found(

@@ -18,7 +18,7 @@ from src.agents.tools import Calculator
 from src.container import AppContainer
 from src.settings import Settings
 from tests.fakes import install_chaos
-from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send
+from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
 
 
 def sum_question(i: int) -> tuple[str, str]:
@@ -158,7 +158,7 @@ async def test_context_cleanup_after_request(
     failed = await send(client, headers, threads[1], "what is 1/0?")
     timed_out = await send(client, headers, threads[2], "[hang] what is 1 + 1?")
     hanging = asyncio.create_task(send(client, headers, threads[3], "[hang] forever"))
-    run_id = await _running_run_id(client, headers, threads[3])
+    run_id = await wait_for_run(client, headers, threads[3])
     cancel = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     cancelled = await hanging
 
@@ -172,19 +172,6 @@ async def test_context_cleanup_after_request(
     assert created, "the runs built no agents"
     assert [ref for ref in created if ref() is not None] == []
     assert leaks(container) == NO_LEAKS
-
-
-async def _running_run_id(
-    client: httpx.AsyncClient, headers: dict[str, str], thread_id: str
-) -> str:
-    """The id of the run that a message sent to ``thread_id`` started, once it is visible."""
-    for _ in range(500):
-        messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()
-        if messages["messages"]:
-            run_id: str = messages["messages"][-1]["run_id"]
-            return run_id
-        await asyncio.sleep(0.01)
-    raise AssertionError("the run never started")
 
 
 async def test_concurrent_load_with_failures(
