@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test bench lint clean
 
@@ -11,10 +10,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
-
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 run: $(STAMP)
@@ -28,7 +23,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(BIN)/python bench/scope_overhead.py
 
 clean:
