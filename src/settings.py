@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     run_timeout_s: float = Field(default=120.0, gt=0)
 
     max_message_chars: int = Field(default=8000, ge=1)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # HTTP bodies and WebSocket frames
+    ws_max_pending_frames: int = Field(default=256, ge=8)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
 

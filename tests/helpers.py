@@ -64,3 +64,23 @@ NO_LEAKS = {
     "connections_checked_out": 0,
     "runs_executing": 0,
 }
+
+
+async def leaks_once_settled(
+    container: AppContainer, *, within_s: float = 10.0
+) -> dict[str, float]:
+    """``leaks`` once the server has finished tearing down what a client just closed (a socket's
+    runs and scopes are released after the client sees the close, not before)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    settled = NO_LEAKS | {"ws_connections": 0}
+    # Polling: the teardown has no event to wait on from outside the server.
+    while (found := leaks(container) | ws_connections(container)) != settled:
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return found
+
+
+def ws_connections(container: AppContainer) -> dict[str, float]:
+    return {"ws_connections": container.metrics().value("isochat_ws_connections")}

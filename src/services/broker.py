@@ -1,32 +1,39 @@
 """Live delivery of run events to their owner's open connections.
 
 ``EventBroker`` is the port; ``InProcessBroker`` serves one process. A broker that fans out across
-workers (Redis) implements the same port and nothing else changes.
+workers (Redis) implements the same port and nothing else changes: agents and routes only see
+``publish`` (through the emitter) and ``subscribe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Protocol
+from typing import Any, Protocol
 
 from src.services.domain import Event
 
+Frame = dict[str, Any]
+
 
 class Subscription:
-    """One connection's inbox. Bounded: a reader that falls too far behind is marked overflowed
-    and dropped, so it can never make publishers wait."""
+    """One connection's outbox of JSON-ready frames.
+
+    Bounded: a reader that falls ``max_pending`` frames behind is marked overflowed and gets
+    nothing more, so a slow client can never make a publisher wait or grow the server's memory.
+    Its events stay stored; it can replay them.
+    """
 
     def __init__(self, user_id: str, max_pending: int) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_pending)
+        self.frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=max_pending)
         self.overflowed = asyncio.Event()
 
-    def offer(self, event: Event) -> None:
+    def offer(self, frame: Frame) -> None:
         if self.overflowed.is_set():
             return
         try:
-            self.queue.put_nowait(event)
+            self.frames.put_nowait(frame)
         except asyncio.QueueFull:
             self.overflowed.set()
 
@@ -44,8 +51,12 @@ class InProcessBroker:
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
 
     async def publish(self, user_id: str, event: Event) -> None:
-        for subscription in tuple(self._subscriptions.get(user_id, ())):
-            subscription.offer(event)
+        subscribers = self._subscriptions.get(user_id)
+        if not subscribers:
+            return
+        frame = event.to_json()
+        for subscription in tuple(subscribers):
+            subscription.offer(frame)
 
     def subscribe(self, user_id: str, *, max_pending: int) -> Subscription:
         subscription = Subscription(user_id, max_pending)
@@ -59,3 +70,6 @@ class InProcessBroker:
         subscribers.discard(subscription)
         if not subscribers:
             del self._subscriptions[subscription.user_id]
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscriptions.values())

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
+from src.aio import uninterrupted
 from src.services.broker import EventBroker
 from src.services.database import repositories as repo
-from src.services.database.engine import atomic
+from src.services.database.engine import atomic, transaction
 from src.services.database.models import utcnow
 from src.services.domain import Event, Message, RunError, RunStatus
 
@@ -58,10 +60,19 @@ class EventEmitter:
         async def store(session: AsyncSession) -> None:
             await repo.add_event(session, event)
 
-        await atomic(self._session, store)
-        self._seq = event.seq  # only a stored event takes a number: seq never has gaps
-        await self._publish(event)
+        await uninterrupted(self._record(event, store))
         return event
+
+    async def _record(
+        self, event: Event, store: Callable[[AsyncSession], Awaitable[None]], *, final: bool = False
+    ) -> None:
+        """Store, number and publish ``event`` as one step that a cancellation cannot split:
+        a stored event that was not counted would hand its seq to the next one, and one that
+        was not published would be missing from the live stream."""
+        await transaction(self._session, store)
+        self._seq = event.seq  # only a stored event takes a number: seq never has gaps
+        self.finished = final
+        await self._publish(event)
 
     async def set_route(self, route: str) -> None:
         async def store(session: AsyncSession) -> None:
@@ -118,10 +129,7 @@ class EventEmitter:
                 await repo.add_message(session, message)
             await repo.add_event(session, event)
 
-        await atomic(self._session, store)
-        self._seq = event.seq
-        self.finished = True
-        await self._publish(event)
+        await uninterrupted(self._record(event, store, final=True))
 
     async def _publish(self, event: Event) -> None:
         try:

@@ -56,6 +56,14 @@ async def read_json(
         raise ApiError("validation_error", describe(exc)) from None
 
 
+def check_content(content: str, *, max_chars: int) -> None:
+    """A message is 1..``max_chars`` characters and not only white space."""
+    if not content.strip():
+        raise ApiError("validation_error", "content: must not be blank")
+    if len(content) > max_chars:
+        raise ApiError("validation_error", f"content: must be at most {max_chars} characters")
+
+
 def describe(exc: ValidationError) -> str:
     first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"

@@ -7,15 +7,16 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from src.container import AppContainer
 from src.services.auth import valid_user_id
 from src.services.chat import ChatService
 from src.services.errors import Unauthorized
 from src.settings import Settings
-from src.web.bodies import DevLogin, NewMessage, NewThread, read_json
+from src.web.bodies import DevLogin, NewMessage, NewThread, check_content, read_json
 from src.web.errors import ApiError, error_response
+from src.web.websocket import websocket_endpoint
 
 READY_CHECK_TIMEOUT_S = 2.0
 
@@ -129,13 +130,7 @@ async def post_message(request: Request) -> Response:
     user = authenticated_user(request)
     settings = _settings(request)
     body = await read_json(request, NewMessage, max_bytes=settings.max_body_bytes)
-    if not body.content.strip():
-        raise ApiError("validation_error", "content: must not be blank")
-    if len(body.content) > settings.max_message_chars:
-        raise ApiError(
-            "validation_error",
-            f"content: must be at most {settings.max_message_chars} characters",
-        )
+    check_content(body.content, max_chars=settings.max_message_chars)
     run, message = await _chat(request).send_message(
         user_id=user,
         thread_id=request.path_params["id"],
@@ -184,4 +179,5 @@ ROUTES = [
     Route("/api/runs/{id}", get_run, methods=["GET"]),
     Route("/api/runs/{id}/events", list_events, methods=["GET"]),
     Route("/api/runs/{id}/cancel", cancel_run, methods=["POST"]),
+    WebSocketRoute("/ws", websocket_endpoint),
 ]

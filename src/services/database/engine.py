@@ -97,16 +97,16 @@ class Database:
         await self.engine.dispose()
 
 
+async def transaction(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one short transaction that commits, or rolls back on any error."""
+    async with session.begin():
+        return await work(session)
+
+
 async def atomic(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one short transaction that commits, or rolls back on any error.
+    """``transaction``, finished even if the caller is cancelled meanwhile (then re-raised).
 
-    A cancellation that arrives meanwhile waits for the transaction to end and is then
-    re-raised: a transaction cut half-way would leave its connection checked out of the pool
-    and the session unusable for the run's final write.
+    A transaction cut half-way would leave its connection checked out of the pool and the
+    session unusable for the run's final write.
     """
-
-    async def run() -> T:
-        async with session.begin():
-            return await work(session)
-
-    return await uninterrupted(run())
+    return await uninterrupted(transaction(session, work))

@@ -1,0 +1,179 @@
+"""``/ws``: a user's runs, live, on that user's connections only.
+
+Each connection has one reader (client frames), one writer (the only task that sends) and a
+bounded outbox that the broker fills with the user's events. Each ``chat`` frame starts a run in
+a task of its own, inside a request scope of its own; when the socket closes, its runs are
+cancelled and their scopes disposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from src.container import AppContainer, request_scope
+from src.logs import log_failure
+from src.services.broker import Frame, Subscription
+from src.services.chat import ChatService
+from src.services.errors import ChatError, Unauthorized
+from src.web.frames import CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_SLOW = 4408
+
+
+def _user_of(websocket: WebSocket, container: AppContainer) -> str:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        token = websocket.query_params.get("token", "")
+    if not token.strip():
+        raise Unauthorized("send Authorization: Bearer <token> or ?token=<token>")
+    user: str = container.tokens().user_of(token.strip())
+    return user
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    container: AppContainer = websocket.app.state.container
+    await websocket.accept()
+    try:
+        user_id = _user_of(websocket, container)
+    except Unauthorized:
+        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
+        return
+    await Connection(websocket, user_id=user_id, container=container).serve()
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket, *, user_id: str, container: AppContainer) -> None:
+        self._websocket = websocket
+        self._user_id = user_id
+        self._container = container
+        settings = container.settings()
+        self._max_bytes = settings.max_body_bytes
+        self._max_chars = settings.max_message_chars
+        self._max_pending = settings.ws_max_pending_frames
+        self._tasks: set[asyncio.Task[None]] = set()  # runs and cancels started by this socket
+
+    async def serve(self) -> None:
+        broker = self._container.broker()
+        gauge = self._container.metrics().ws_connections
+        outbox = broker.subscribe(self._user_id, max_pending=self._max_pending)
+        gauge.inc()
+        reader = asyncio.create_task(self._read(outbox))
+        writer = asyncio.create_task(self._write(outbox))
+        too_slow = asyncio.create_task(outbox.overflowed.wait())
+        try:
+            await asyncio.wait((reader, writer, too_slow), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer, too_slow):
+                task.cancel()
+            await self._cancel_tasks()
+            broker.unsubscribe(outbox)
+            gauge.dec()
+            await asyncio.gather(reader, writer, too_slow, return_exceptions=True)
+        if outbox.overflowed.is_set():
+            await self._close(
+                CLOSE_TOO_SLOW,
+                f"fell more than {self._max_pending} frames behind; "
+                "replay with GET /api/runs/{id}/events?after=N",
+            )
+
+    async def _read(self, outbox: Subscription) -> None:
+        while True:
+            message = await self._websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self._handle(message.get("text"), outbox)
+
+    async def _write(self, outbox: Subscription) -> None:
+        try:
+            while True:
+                frame = await outbox.frames.get()
+                await self._websocket.send_text(json.dumps(frame, ensure_ascii=False))
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return  # the client is gone; the reader sees the disconnect too
+
+    def _handle(self, text: str | None, outbox: Subscription) -> None:
+        try:
+            frame = parse_frame(text, max_bytes=self._max_bytes, max_chars=self._max_chars)
+        except FrameError as exc:
+            outbox.offer(_error_frame(exc.code, exc.message, exc.request_id))
+            return
+        if isinstance(frame, PingFrame):
+            outbox.offer({"type": "pong"})
+        elif isinstance(frame, ChatFrame):
+            self._start(self._chat(frame, outbox))
+        elif isinstance(frame, CancelFrame):
+            self._start(self._cancel(frame, outbox))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _chat(self, frame: ChatFrame, outbox: Subscription) -> None:
+        """One run in a request scope of its own; its events reach the outbox via the broker."""
+        request_id = frame.request_id or str(uuid.uuid4())
+        await self._in_scope(
+            lambda chat: chat.send_message(
+                user_id=self._user_id,
+                thread_id=frame.thread_id,
+                content=frame.content,
+                request_id=request_id,
+            ),
+            outbox,
+            request_id=frame.request_id,
+        )
+
+    async def _cancel(self, frame: CancelFrame, outbox: Subscription) -> None:
+        await self._in_scope(
+            lambda chat: chat.cancel_run(user_id=self._user_id, run_id=frame.run_id),
+            outbox,
+            request_id=frame.request_id,
+        )
+
+    async def _in_scope(
+        self,
+        use_case: Callable[[ChatService], Awaitable[object]],
+        outbox: Subscription,
+        *,
+        request_id: str | None,
+    ) -> None:
+        try:
+            async with request_scope(self._container):
+                chat: ChatService = self._container.request.chat()
+                await use_case(chat)
+        except ChatError as exc:
+            outbox.offer(_error_frame(exc.code, exc.message, request_id))
+        except Exception as exc:
+            log_failure(log, "unhandled error on a WebSocket of %s", self._user_id, exc=exc)
+            outbox.offer(_error_frame("internal_error", "an internal error occurred", request_id))
+
+    async def _cancel_tasks(self) -> None:
+        """The socket is gone: its runs end ``cancelled`` and release everything they held."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):  # already gone
+            await self._websocket.close(code=code, reason=reason[:120])
+
+
+def _error_frame(code: str, message: str, request_id: str | None) -> Frame:
+    frame: Frame = {"type": "error", "error": {"code": code, "message": message}}
+    if request_id is not None:
+        frame["request_id"] = request_id
+    return frame
