@@ -16,6 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.ws import open_socket
 
 pytestmark = pytest.mark.e2e
 
@@ -156,3 +159,33 @@ def test_a_real_server_runs_chats_and_closes_interrupted_runs(
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert server.process.wait(timeout=20) in (0, -signal.SIGTERM)
     assert "Traceback" not in server.log.read_text()
+
+
+async def test_a_real_server_streams_a_run_over_a_real_websocket(server: Server) -> None:
+    """Over a real socket: token in the query, a chat, its events live in seq order up to
+    `run_completed`, equal to the stored record; a bad token is closed 4401."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        token = (await http.post("/api/auth/dev-login", json={"user_id": "erin"})).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        thread_id = (await http.post("/api/threads", json={}, headers=headers)).json()["id"]
+        address = server.url.removeprefix("http://")
+
+        async with open_socket(address, token=token) as ws:
+            await ws.send({"type": "ping"})
+            assert await ws.recv() == {"type": "pong"}
+            await ws.send(
+                {"type": "chat", "thread_id": thread_id, "content": "what is 6 * 7?",
+                 "request_id": "e2e-ws"}
+            )  # fmt: skip
+            frames = await ws.until_runs_end(1)
+        run_events = [f for f in frames if "seq" in f]
+        assert run_events[0]["data"] == {"request_id": "e2e-ws"}
+        assert run_events[-1]["data"]["message"]["content"] == "6 * 7 = 42"
+        stored = await http.get(f"/api/runs/{run_events[0]['run_id']}/events", headers=headers)
+        assert stored.json()["events"] == run_events
+
+        async with open_socket(address, token="bad") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401
