@@ -52,6 +52,8 @@ from src.services.metrics import Metrics
 from src.services.runs import RunRegistry
 from src.settings import Settings
 
+MAX_RUNNING = Settings.model_fields["max_running_runs_per_user"].default
+
 REQUEST_PROVIDERS = (
     "session",
     "emitter",
@@ -168,6 +170,7 @@ def chat_service(objects: RequestObjects) -> ChatService:
         runs=app.runs,
         agents_for=objects.agents_for(),
         metrics=app.metrics,
+        max_running_runs_per_user=MAX_RUNNING,
     )
 
 
@@ -268,7 +271,13 @@ class BenchProvider(Provider):
     def chat(
         self, session: AsyncSession, runs: RunRegistry, agents_for: BoundRunAgents, metrics: Metrics
     ) -> ChatService:
-        return ChatService(session=session, runs=runs, agents_for=agents_for, metrics=metrics)
+        return ChatService(
+            session=session,
+            runs=runs,
+            agents_for=agents_for,
+            metrics=metrics,
+            max_running_runs_per_user=MAX_RUNNING,
+        )
 
 
 DISHKA_TYPES: tuple[type[Any], ...] = (

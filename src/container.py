@@ -28,6 +28,7 @@ from src.services.broker import EventBroker, InProcessBroker
 from src.services.chat import ChatService
 from src.services.database.engine import Database, create_engine
 from src.services.events import EventEmitter
+from src.services.limits import RateLimiter
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
 from src.services.metrics import Metrics
@@ -100,7 +101,12 @@ class RequestContainer(containers.DeclarativeContainer):
     )
     chat = Scoped(
         providers.Factory(
-            ChatService, session=session, runs=runs, agents_for=agents_for, metrics=metrics
+            ChatService,
+            session=session,
+            runs=runs,
+            agents_for=agents_for,
+            metrics=metrics,
+            max_running_runs_per_user=settings.provided.max_running_runs_per_user,
         )
     )
 
@@ -120,6 +126,11 @@ class AppContainer(containers.DeclarativeContainer):
     runs = providers.Singleton(RunRegistry)
     tokens = providers.Singleton(
         TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
+    )
+    rate_limiter = providers.Singleton(
+        RateLimiter,
+        per_minute=settings.provided.rate_limit_per_minute,
+        burst=settings.provided.rate_limit_burst,
     )
 
     request = providers.Container(

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=8000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # HTTP bodies and WebSocket frames
     ws_max_pending_frames: int = Field(default=256, ge=8)
+    # Per user; one user reaching a limit never slows another.
+    rate_limit_per_minute: int = Field(default=300, ge=1)
+    rate_limit_burst: int = Field(default=60, ge=1)
+    max_running_runs_per_user: int = Field(default=8, ge=1)
+    max_ws_connections_per_user: int = Field(default=8, ge=1)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
 

@@ -64,3 +64,42 @@ def events_by_run(frames: list[Frame]) -> dict[str, list[Frame]]:
         if "run_id" in frame and "seq" in frame:
             runs.setdefault(frame["run_id"], []).append(frame)
     return runs
+
+
+class AsgiSocket:
+    """A WebSocket client that talks to the ASGI app in memory, on the test's own event loop."""
+
+    def __init__(self, app: Any, *, token: str) -> None:
+        self._app = app
+        self._token = token
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsgiSocket:
+        scope = {
+            "type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws", "raw_path": b"/ws",
+            "root_path": "", "scheme": "ws", "query_string": f"token={self._token}".encode(),
+            "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+            "subprotocols": [], "state": {},
+        }  # fmt: skip
+        self._task = asyncio.create_task(self._app(scope, self._to_app.get, self._from_app.put))
+        await self._to_app.put({"type": "websocket.connect"})
+        accepted = await asyncio.wait_for(self._from_app.get(), 10)
+        assert accepted["type"] == "websocket.accept", accepted
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._to_app.put({"type": "websocket.disconnect", "code": 1000})
+        assert self._task is not None
+        await asyncio.wait_for(self._task, 10)
+
+    async def send(self, payload: str | bytes) -> None:
+        key = "text" if isinstance(payload, str) else "bytes"
+        await self._to_app.put({"type": "websocket.receive", key: payload})
+
+    async def recv(self) -> Frame:
+        message = await asyncio.wait_for(self._from_app.get(), 10)
+        assert message["type"] == "websocket.send", message
+        frame: Frame = json.loads(message["text"])
+        return frame

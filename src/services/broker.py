@@ -45,6 +45,10 @@ class EventBroker(Protocol):
 
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
+    def subscriber_count(self, user_id: str) -> int:
+        """Open subscriptions of ``user_id`` in this process."""
+        ...
+
 
 class InProcessBroker:
     def __init__(self) -> None:
@@ -71,5 +75,5 @@ class InProcessBroker:
         if not subscribers:
             del self._subscriptions[subscription.user_id]
 
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subscriptions.values())
+    def subscriber_count(self, user_id: str) -> int:
+        return len(self._subscriptions.get(user_id, ()))

@@ -16,7 +16,7 @@ from src.services.database import repositories as repo
 from src.services.database.engine import atomic
 from src.services.database.models import utcnow
 from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
-from src.services.errors import Conflict, NotFound, RunInProgress
+from src.services.errors import Conflict, NotFound, RateLimited, RunInProgress
 from src.services.runs import RunRegistry
 
 DEFAULT_TITLE = "New chat"
@@ -49,11 +49,13 @@ class ChatService:
         runs: RunRegistry,
         agents_for: Callable[[RunContext], RunsAgents],
         metrics: RunMetrics,
+        max_running_runs_per_user: int,
     ) -> None:
         self._session = session
         self._runs = runs
         self._agents_for = agents_for
         self._metrics = metrics
+        self._max_running = max_running_runs_per_user
 
     # threads
 
@@ -148,6 +150,12 @@ class ChatService:
         async def write(session: AsyncSession) -> None:
             if await repo.get_thread(session, thread_id=thread_id, user_id=user_id) is None:
                 raise NotFound("thread not found")
+            # Counted by the database, so the limit holds across workers too.
+            if await repo.count_running_runs(session, user_id=user_id) >= self._max_running:
+                raise RateLimited(
+                    f"at most {self._max_running} runs may be in progress at once",
+                    retry_after_s=1,
+                )
             await repo.add_message(session, message)
             try:
                 await repo.add_run(session, run, request_id=request_id)

@@ -31,3 +31,11 @@ class Unauthorized(ChatError):
 
 class Unavailable(ChatError):
     code = "unavailable"
+
+
+class RateLimited(ChatError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

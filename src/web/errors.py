@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import logging
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from src.services.errors import ChatError
+from src.services.errors import ChatError, RateLimited
+
+log = logging.getLogger(__name__)
 
 _STATUS_OF_CODE = {
     "invalid_json": 400,
@@ -43,8 +49,20 @@ def error_response(code: str, message: str, *, headers: dict[str, str] | None = 
 
 async def on_api_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError | ChatError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif exc.code == "unauthorized":
+        headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.code, exc.message, headers=headers)
+
+
+async def on_database_unavailable(_: Request, exc: Exception) -> Response:
+    """The database cannot be reached or is overloaded: 503, so clients retry later."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error_response(
+        "unavailable", "the database is unavailable; retry later", headers={"Retry-After": "5"}
+    )
 
 
 async def on_http_exception(_: Request, exc: Exception) -> Response:
@@ -60,4 +78,8 @@ EXCEPTION_HANDLERS = {
     ApiError: on_api_error,
     ChatError: on_api_error,
     HTTPException: on_http_exception,
+    # Connection and pool failures, not constraint violations: those are bugs, 500.
+    OperationalError: on_database_unavailable,
+    InterfaceError: on_database_unavailable,
+    PoolTimeout: on_database_unavailable,
 }

@@ -37,11 +37,14 @@ def _chat(request: Request) -> ChatService:
 
 
 def authenticated_user(request: Request) -> str:
+    """The user the bearer token names, once per request counted against their rate limit."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>")
-    user: str = _container(request).tokens().user_of(token.strip())
+    container = _container(request)
+    user: str = container.tokens().user_of(token.strip())
+    container.rate_limiter().check(user)
     return user
 
 

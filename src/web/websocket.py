@@ -22,13 +22,14 @@ from src.container import AppContainer, request_scope
 from src.logs import log_failure
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
-from src.services.errors import ChatError, Unauthorized
+from src.services.errors import ChatError, RateLimited, Unauthorized
 from src.web.frames import CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4408
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 
 def _user_of(websocket: WebSocket, container: AppContainer) -> str:
@@ -50,6 +51,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except Unauthorized:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
         return
+    limit = container.settings().max_ws_connections_per_user
+    if container.broker().subscriber_count(user_id) >= limit:
+        await websocket.close(
+            code=CLOSE_TOO_MANY_CONNECTIONS, reason=f"at most {limit} connections per user"
+        )
+        return
     await Connection(websocket, user_id=user_id, container=container).serve()
 
 
@@ -62,6 +69,7 @@ class Connection:
         self._max_bytes = settings.max_body_bytes
         self._max_chars = settings.max_message_chars
         self._max_pending = settings.ws_max_pending_frames
+        self._rate_limiter = container.rate_limiter()
         self._tasks: set[asyncio.Task[None]] = set()  # runs and cancels started by this socket
 
     async def serve(self) -> None:
@@ -111,9 +119,15 @@ class Connection:
             return
         if isinstance(frame, PingFrame):
             outbox.offer({"type": "pong"})
-        elif isinstance(frame, ChatFrame):
+            return
+        try:
+            self._rate_limiter.check(self._user_id)
+        except RateLimited as exc:
+            outbox.offer(_error_frame(exc.code, exc.message, frame.request_id))
+            return
+        if isinstance(frame, ChatFrame):
             self._start(self._chat(frame, outbox))
-        elif isinstance(frame, CancelFrame):
+        else:
             self._start(self._cancel(frame, outbox))
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:

@@ -189,3 +189,19 @@ async def test_a_real_server_streams_a_run_over_a_real_websocket(server: Server)
                 await ws.recv()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4401
+
+
+@pytest.mark.parametrize("secret", [None, "too-short"])
+def test_production_refuses_to_start_with_the_development_or_a_short_secret(
+    tmp_path: Path, secret: str | None
+) -> None:
+    """`isochat serve` in production exits at once, saying which setting to change."""
+    env = environment(tmp_path, free_port()) | {"ISOCHAT_ENV": "production"}
+    if secret is not None:
+        env["ISOCHAT_AUTH_SECRET"] = secret
+    done = subprocess.run(
+        [ISOCHAT, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert "ISOCHAT_AUTH_SECRET" in done.stderr
+    assert not (tmp_path / "var").exists()  # refused before touching the database

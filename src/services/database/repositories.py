@@ -176,6 +176,13 @@ async def finish_run(
     return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
 
 
+async def count_running_runs(session: AsyncSession, *, user_id: str) -> int:
+    count = await session.scalar(
+        select(func.count()).where(RunRow.user_id == user_id, RunRow.status == "running")
+    )
+    return int(count or 0)
+
+
 async def running_runs(session: AsyncSession) -> list[Run]:
     rows = await session.scalars(
         select(RunRow).where(RunRow.status == "running").execution_options(populate_existing=True)
