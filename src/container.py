@@ -31,6 +31,7 @@ from src.services.events import EventEmitter
 from src.services.limits import RateLimiter
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
+from src.services.llm.openai import OpenAILLM
 from src.services.metrics import Metrics
 from src.services.runs import RunRegistry
 from src.settings import Settings
@@ -121,7 +122,19 @@ class AppContainer(containers.DeclarativeContainer):
         max_overflow=settings.provided.db_max_overflow,
     )
     database = providers.Singleton(Database, engine=engine, metrics=metrics)
-    llm = providers.Singleton(OfflineLLM)
+    llm = providers.Selector(
+        settings.provided.llm_provider,
+        offline=providers.Singleton(OfflineLLM),
+        openai=providers.Singleton(
+            OpenAILLM,
+            base_url=settings.provided.llm_base_url,
+            api_key=settings.provided.llm_api_key,
+            model=settings.provided.llm_model,
+            timeout_s=settings.provided.llm_timeout_s,
+            max_retries=settings.provided.llm_max_retries,
+            max_connections=settings.provided.llm_max_connections,
+        ),
+    )
     broker = providers.Singleton(InProcessBroker)
     runs = providers.Singleton(RunRegistry)
     tokens = providers.Singleton(
@@ -155,3 +168,11 @@ def request_scope(container: AppContainer) -> RequestScope:
     exit path; the app's objects are never touched.
     """
     return RequestScope(observer=container.metrics())
+
+
+async def shutdown(container: AppContainer) -> None:
+    """Release the application's objects, in order: runs still going end ``cancelled`` (not
+    left ``running``), then the model's and the database's connections close."""
+    await container.runs().cancel_all()
+    await container.llm().aclose()
+    await container.database().dispose()

@@ -28,11 +28,13 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 
-    llm_provider: Literal["offline"] = "offline"
+    llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = Field(default=30.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)  # for 429 and 5xx only
+    llm_max_connections: int = Field(default=100, ge=1)
     run_timeout_s: float = Field(default=120.0, gt=0)
 
     max_message_chars: int = Field(default=8000, ge=1)
@@ -55,6 +57,18 @@ class Settings(BaseSettings):
                 "ISOCHAT_AUTH_SECRET must be set to a private value of at least 32 characters "
                 "when ISOCHAT_ENV=production"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _openai_needs_a_server(self) -> Settings:
+        if self.llm_provider == "openai":
+            if not self.llm_base_url:
+                raise ValueError(
+                    "ISOCHAT_LLM_BASE_URL must be set when ISOCHAT_LLM_PROVIDER=openai "
+                    "(for example http://127.0.0.1:11434/v1)"
+                )
+            if not self.llm_base_url.startswith(("http://", "https://")):
+                raise ValueError("ISOCHAT_LLM_BASE_URL must start with http:// or https://")
         return self
 
     @property

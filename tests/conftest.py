@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
-from src.container import AppContainer, build_container
+from src.container import AppContainer, build_container, shutdown
 from src.services.database.models import Base
 from src.settings import Settings
 from src.web.app import create_app
+from tests.helpers import serving
 
 
 @pytest.fixture
@@ -33,8 +32,7 @@ async def container(settings: Settings) -> AsyncIterator[AppContainer]:
     async with container.database().engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     yield container
-    await container.runs().cancel_all()
-    await container.database().dispose()
+    await shutdown(container)
     gc.collect()
 
 
@@ -53,14 +51,5 @@ async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def live_server(app: Starlette) -> AsyncIterator[str]:
     """The app served by a real uvicorn on a free loopback port: ``host:port``."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    await serving
+    async with serving(app) as address:
+        yield address

@@ -14,7 +14,7 @@ Anything else is triaged as usual. A tool failure needs no fake: ``what is 1/0``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from dependency_injector import providers
 from sqlalchemy import text
@@ -51,11 +51,14 @@ class FlakyLLM:
     def __init__(self) -> None:
         self._model = OfflineLLM()
 
+    async def aclose(self) -> None:
+        await self._model.aclose()
+
     async def complete(self, messages: Sequence[ChatMessage]) -> str:
         self._check(messages)
         return await self._model.complete(messages)
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         self._check(messages)
         async for piece in self._model.stream(messages):
             yield piece

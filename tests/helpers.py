@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 
 from src.container import AppContainer
 
@@ -84,3 +88,20 @@ async def leaks_once_settled(
 
 def ws_connections(container: AppContainer) -> dict[str, float]:
     return {"ws_connections": container.metrics().value("isochat_ws_connections")}
+
+
+@asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """``app`` on a real uvicorn on a free loopback port, for the block: its ``host:port``."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    running = asyncio.create_task(server.serve())
+    while not server.started:
+        if running.done():
+            running.result()  # it failed to start: say why
+        await asyncio.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await running

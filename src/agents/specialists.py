@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
-from src.agents.base import Agent, AgentTracker, RunEvents
+from src.agents.base import Agent, AgentError, AgentTracker, RunEvents
 from src.agents.tools import NO_EARLIER_MESSAGES, Calculator, ConversationHistory
 from src.services.domain import Message
 from src.services.llm import LLM, ChatMessage
@@ -12,6 +14,8 @@ from src.services.llm import LLM, ChatMessage
 # A run of characters that can form an arithmetic expression, starting at a number or bracket.
 _EXPRESSION = re.compile(r"[-+(]*\s*[\d.][\d.\s()+\-*/%^\u00d7\u00f7x]*")
 GENERAL_HISTORY_MESSAGES = 20
+THINKING_MAX_CHARS = 400
+THINKING_EVERY_S = 0.5
 _SENTENCE_END = re.compile(r"[.!?]\s*$")
 
 
@@ -73,16 +77,26 @@ class GeneralAgent(Agent):
         prompt = [ChatMessage("system", "You are isochat, a helpful assistant.")]
         prompt += [_as_chat(m) for m in earlier]
         prompt.append(ChatMessage("user", content))
-        answer, pending = "", ""
-        async for piece in self._llm.stream(prompt):
-            answer += piece
-            pending += piece
-            # One event per sentence, not per token: every event is a stored row.
-            if _SENTENCE_END.search(pending) or len(pending) >= 400:
-                await self.think(pending.strip())
-                pending = ""
+        loop = asyncio.get_running_loop()
+        answer, pending, last_sent = "", "", loop.time()
+        # aclosing: if this run stops (cancelled, failed), the model's stream closes now.
+        async with contextlib.aclosing(self._llm.stream(prompt)) as pieces:
+            async for piece in pieces:
+                answer += piece
+                pending += piece
+                # A sentence, a screenful or a moment at a time, not every token: each event
+                # is a stored row.
+                if (
+                    _SENTENCE_END.search(pending)
+                    or len(pending) >= THINKING_MAX_CHARS
+                    or loop.time() - last_sent >= THINKING_EVERY_S
+                ) and pending.strip():
+                    await self.think(pending.strip())
+                    pending, last_sent = "", loop.time()
         if pending.strip():
             await self.think(pending.strip())
+        if not answer.strip():
+            raise AgentError("the model gave an empty answer")
         return answer.strip()
 
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from src.container import AppContainer
+from src.container import AppContainer, shutdown
 from src.web.errors import EXCEPTION_HANDLERS
 from src.web.middleware import RequestScopeMiddleware
 from src.web.routes import ROUTES
@@ -20,9 +20,7 @@ def create_app(container: AppContainer) -> Starlette:
         try:
             yield
         finally:
-            # Runs still going end `cancelled` (not left `running`), then connections close.
-            await container.runs().cancel_all()
-            await container.database().dispose()
+            await shutdown(container)
 
     app = Starlette(
         routes=ROUTES,

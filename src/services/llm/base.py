@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -26,6 +26,11 @@ class LLM(Protocol):
         """The whole answer at once."""
         ...
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
-        """The answer piece by piece, as the model produces it."""
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+        """The answer piece by piece, as the model produces it. Callers close it
+        (``contextlib.aclosing``) so that an abandoned answer stops at once."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the model holds (connections) at application shutdown."""
         ...

@@ -7,7 +7,7 @@ list: ...") and a free answer. Same input, same output, always.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from src.services.llm.base import ChatMessage
 
@@ -24,10 +24,13 @@ _ABOUT_CONVERSATION = re.compile(
 
 
 class OfflineLLM:
+    async def aclose(self) -> None:
+        return None
+
     async def complete(self, messages: Sequence[ChatMessage]) -> str:
         return "".join([piece async for piece in self.stream(messages)])
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         system = "\n".join(m.content for m in messages if m.role == "system")
         user = next((m.content for m in reversed(messages) if m.role == "user"), "")
         if ROUTE_CHOICE_MARKER in system:

@@ -1,0 +1,230 @@
+"""The OpenAI-compatible provider against a real HTTP model server: every failure mode fails
+only its own run, and the next run on the same thread completes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from src.container import AppContainer
+from src.settings import Settings
+from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, serving, wait_for_run
+from tests.llm_server import FakeModelServer
+
+LLM_TIMEOUT_S = 1.5
+
+
+@pytest.fixture
+async def model_server() -> AsyncIterator[FakeModelServer]:
+    server = FakeModelServer()
+    async with serving(server.app) as address:
+        server.base_url = f"http://{address}/v1"
+        try:
+            yield server
+        finally:
+            server.release()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, model_server: FakeModelServer) -> Settings:
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
+        llm_provider="openai",
+        llm_base_url=model_server.base_url,
+        llm_api_key="sk-test",
+        llm_model="test-model",
+        llm_timeout_s=LLM_TIMEOUT_S,
+        llm_max_retries=2,
+        run_timeout_s=20,
+        _env_file=None,
+    )
+
+
+async def events_of(client: httpx.AsyncClient, headers: dict[str, str], run_id: str) -> list[Any]:
+    response = await client.get(f"/api/runs/{run_id}/events", headers=headers)
+    events: list[Any] = response.json()["events"]
+    return events
+
+
+async def test_answers_stream_as_thinking_events_with_the_threads_history(
+    container: AppContainer, client: httpx.AsyncClient, model_server: FakeModelServer
+) -> None:
+    """Triage asks for a route (one call, no stream); `general` streams its answer, which
+    arrives as agent_thinking events, the final message holding the full text; the model gets
+    the thread's earlier messages, the configured model and the API key."""
+    headers = auth(container, "alice")
+    thread_id = await new_thread(client, headers)
+    first = await send(client, headers, thread_id, "tell me about the sea")
+    assert first["run"]["route"] == "general"
+    assert first["message"]["content"] == "Model says: tell me about the sea"
+    events = await events_of(client, headers, first["run"]["id"])
+    thinking = [e["data"]["text"] for e in events if e["type"] == "agent_thinking"]
+    assert thinking
+    assert " ".join(thinking) == "Model says: tell me about the sea"
+
+    await send(client, headers, thread_id, "and the mountains?")
+    route_call, answer_call = model_server.requests[-2:]
+    assert route_call["stream"] is False
+    assert answer_call["stream"] is True
+    assert answer_call["model"] == "test-model"
+    assert [m["content"] for m in answer_call["messages"][1:]] == [
+        "tell me about the sea",
+        "Model says: tell me about the sea",
+        "and the mountains?",
+    ]
+    assert model_server.headers[-1]["authorization"] == "Bearer sk-test"
+
+
+async def test_a_server_that_does_not_stream_still_answers(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """A plain JSON answer to a streaming request is taken whole."""
+    headers = auth(container, "alice")
+    body = await send(client, headers, await new_thread(client, headers), "hi [llm:nostream]")
+    assert body["message"]["content"] == "Model says: hi"
+
+
+async def test_an_unknown_route_goes_to_general(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """A route choice naming no known route is parsed robustly: general answers."""
+    headers = auth(container, "alice")
+    body = await send(client, headers, await new_thread(client, headers), "x [route:bananas]")
+    assert body["run"]["route"] == "general"
+    assert body["run"]["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("marker", "code", "says"),
+    [
+        ("[llm:500]", "llm_error", "answered 500 after 3 attempts"),
+        ("[answer:500]", "llm_error", "answered 500"),
+        ("[llm:garbage]", "llm_error", "not valid JSON"),
+        ("[llm:no-choices]", "llm_error", "no choices"),
+        ("[answer:bad-chunk]", "llm_error", "not valid JSON"),
+        ("[llm:hang]", "timeout", f"within {LLM_TIMEOUT_S:g} s"),
+        ("[answer:stall]", "timeout", f"within {LLM_TIMEOUT_S:g} s"),
+    ],
+)
+async def test_each_failure_fails_only_its_run_and_the_thread_goes_on(
+    container: AppContainer,
+    client: httpx.AsyncClient,
+    marker: str,
+    code: str,
+    says: str,
+) -> None:
+    """HTTP errors, garbage, empty choices, broken streams and hangs end the run `failed` with
+    `llm_error` or `timeout` and a message that names the cause; the next run completes."""
+    headers = auth(container, "alice")
+    thread_id = await new_thread(client, headers)
+    failed = await send(client, headers, thread_id, f"hello {marker}")
+    assert failed["run"]["status"] == "failed"
+    assert failed["run"]["error"]["code"] == code
+    assert says in failed["run"]["error"]["message"]
+    assert failed["message"] is None
+    following = await send(client, headers, thread_id, "hello again")
+    assert following["message"]["content"] == "Model says: hello again"
+    assert leaks(container) == NO_LEAKS
+
+
+async def test_429_and_5xx_are_retried_with_backoff(
+    container: AppContainer, client: httpx.AsyncClient, model_server: FakeModelServer
+) -> None:
+    """A 429 is retried and the run completes; a 500 is retried up to the bound, then fails."""
+    headers = auth(container, "alice")
+    body = await send(client, headers, await new_thread(client, headers), "hi [llm:429-then-ok]")
+    assert body["message"]["content"] == "Model says: hi"
+    assert sorted(model_server.attempts.values()) == [2, 2]  # route choice and answer
+
+    model_server.attempts.clear()
+    await send(client, headers, await new_thread(client, headers), "hi [llm:500]")
+    assert list(model_server.attempts.values()) == [3]  # 1 + llm_max_retries, then it gave up
+
+
+async def test_a_refused_connection_is_an_llm_error(
+    container: AppContainer, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Nothing listening at the model URL: `llm_error` naming the URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    from dependency_injector import providers
+
+    from src.services.llm.openai import OpenAILLM
+
+    refused = OpenAILLM(
+        base_url=f"http://127.0.0.1:{closed_port}/v1", api_key=None, model="m",
+        timeout_s=LLM_TIMEOUT_S, max_retries=2, max_connections=4,
+    )  # fmt: skip
+    container.llm.override(providers.Object(refused))
+    try:
+        headers = auth(container, "alice")
+        body = await send(client, headers, await new_thread(client, headers), "hello")
+    finally:
+        container.llm.reset_override()
+        await refused.aclose()
+    assert body["run"]["error"]["code"] == "llm_error"
+    assert f"127.0.0.1:{closed_port}" in body["run"]["error"]["message"]
+
+
+async def test_healthy_runs_never_wait_for_hanging_ones(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """40 healthy runs beside 10 whose model hangs: every healthy run completes before any
+    hanging run is cut off, and the hanging ones end `timeout` at the call's bound."""
+    loop = asyncio.get_running_loop()
+    finished: dict[int, float] = {}
+
+    async def one(i: int) -> dict[str, Any]:
+        headers = auth(container, f"user{i}")
+        thread_id = await new_thread(client, headers)
+        content = f"run {i} [llm:hang]" if i % 5 == 0 else f"run {i}"
+        body = await send(client, headers, thread_id, content)
+        finished[i] = loop.time()
+        return body
+
+    started = loop.time()
+    results = await asyncio.gather(*(one(i) for i in range(50)))
+
+    hanging = [i for i in range(50) if i % 5 == 0]
+    for i, body in enumerate(results):
+        if i in hanging:
+            assert body["run"]["error"]["code"] == "timeout"
+            assert finished[i] - started >= LLM_TIMEOUT_S
+        else:
+            assert body["message"]["content"] == f"Model says: run {i}"
+            assert finished[i] < min(finished[h] for h in hanging)
+    assert leaks(container) == NO_LEAKS
+
+
+async def test_cancelling_a_run_closes_its_model_stream_at_once(
+    container: AppContainer, client: httpx.AsyncClient, model_server: FakeModelServer
+) -> None:
+    """A cancel reaches the model call: the HTTP stream is closed, so the server stops."""
+    headers = auth(container, "alice")
+    thread_id = await new_thread(client, headers)
+    running = asyncio.create_task(send(client, headers, thread_id, "go on [answer:stall]"))
+    run_id = await wait_for_run(client, headers, thread_id)
+    await asyncio.wait_for(model_server.stream_started.wait(), 10)
+    assert model_server.streams_closed == 0
+
+    cancelled = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
+
+    assert cancelled.json()["run"]["status"] == "cancelled"
+    await asyncio.wait_for(model_server.stream_closed.wait(), 10)
+    assert (await running)["run"]["status"] == "cancelled"
+
+
+def test_openai_without_a_base_url_is_refused_at_start() -> None:
+    """Settings say what is missing before anything starts."""
+    with pytest.raises(ValidationError, match="ISOCHAT_LLM_BASE_URL must be set"):
+        Settings(llm_provider="openai", _env_file=None)
+    with pytest.raises(ValidationError, match="must start with http"):
+        Settings(llm_provider="openai", llm_base_url="localhost:11434", _env_file=None)
