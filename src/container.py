@@ -34,6 +34,7 @@ from src.services.llm.offline import OfflineLLM
 from src.services.llm.openai import OpenAILLM
 from src.services.metrics import Metrics
 from src.services.runs import RunRegistry
+from src.services.scope_monitor import ScopeMonitor
 from src.settings import Settings
 
 
@@ -140,6 +141,12 @@ class AppContainer(containers.DeclarativeContainer):
     tokens = providers.Singleton(
         TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
     )
+    scope_monitor = providers.Singleton(
+        ScopeMonitor,
+        metrics,
+        run_timeout_s=settings.provided.run_timeout_s,
+        margin_s=settings.provided.leak_margin_s,
+    )
     rate_limiter = providers.Singleton(
         RateLimiter,
         per_minute=settings.provided.rate_limit_per_minute,
@@ -161,13 +168,13 @@ def build_container(settings: Settings | None = None) -> AppContainer:
     return AppContainer(settings=providers.Object(settings or Settings()))
 
 
-def request_scope(container: AppContainer) -> RequestScope:
+def request_scope(container: AppContainer, *, request_id: str | None = None) -> RequestScope:
     """The one way to open a request scope: ``async with request_scope(container):``.
 
     Everything the request resolved from ``container.request`` is disposed on exit, on every
     exit path; the app's objects are never touched.
     """
-    return RequestScope(observer=container.metrics())
+    return RequestScope(observer=container.scope_monitor(), label=request_id)
 
 
 async def shutdown(container: AppContainer) -> None:

@@ -40,9 +40,9 @@ class ScopeError(RuntimeError):
 class ScopeObserver(Protocol):
     """Told when a scope really opens (its first object) and when it has been disposed."""
 
-    def scope_opened(self) -> None: ...
+    def scope_opened(self, scope: RequestScope) -> None: ...
 
-    def scope_closed(self, seconds: float) -> None: ...
+    def scope_closed(self, scope: RequestScope, seconds: float) -> None: ...
 
 
 Closer = Callable[[], Awaitable[None]]
@@ -56,10 +56,12 @@ class RequestScope:
     """
 
     __slots__ = (
-        "__weakref__", "_closers", "_objects", "_observer", "_opened_at", "_token", "closed"
+        "__weakref__", "_closers", "_objects", "_observer", "_opened_at", "_token", "closed",
+        "label",
     )  # fmt: skip
 
-    def __init__(self, observer: ScopeObserver | None = None) -> None:
+    def __init__(self, observer: ScopeObserver | None = None, *, label: str | None = None) -> None:
+        self.label = label  # the request id, for logs about this scope
         self._objects: dict[object, Any] = {}
         self._closers: list[Closer] = []
         self._observer = observer
@@ -85,7 +87,7 @@ class RequestScope:
         if self._opened_at is None:
             self._opened_at = time.perf_counter()
             if self._observer is not None:
-                self._observer.scope_opened()
+                self._observer.scope_opened(self)
 
     def lookup(self, key: object) -> Any:
         """The object stored for ``key``; ``KeyError`` when there is none yet."""
@@ -135,7 +137,7 @@ class RequestScope:
                 raise asyncio.CancelledError
         finally:
             if self._opened_at is not None and self._observer is not None:
-                self._observer.scope_closed(time.perf_counter() - self._opened_at)
+                self._observer.scope_closed(self, time.perf_counter() - self._opened_at)
 
 
 def current_scope() -> RequestScope:

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(default=2, ge=0, le=10)  # for 429 and 5xx only
     llm_max_connections: int = Field(default=100, ge=1)
     run_timeout_s: float = Field(default=120.0, gt=0)
+    # A request scope open longer than the run timeout plus this is logged as a leak.
+    leak_margin_s: float = Field(default=30.0, ge=0)
 
     max_message_chars: int = Field(default=8000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # HTTP bodies and WebSocket frames

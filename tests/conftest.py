@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from src.container import AppContainer, build_container, shutdown
-from src.services.database.models import Base
+from src.services.database.migrations import upgrade_to_head
 from src.settings import Settings
 from src.web.app import create_app
 from tests.helpers import serving
@@ -28,9 +29,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def container(settings: Settings) -> AsyncIterator[AppContainer]:
+    await asyncio.to_thread(upgrade_to_head, settings.database_url)
     container = build_container(settings)
-    async with container.database().engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
     yield container
     await shutdown(container)
     gc.collect()

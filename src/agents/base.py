@@ -3,10 +3,13 @@ the one run (one request scope) that created it."""
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol
 
 from src.agents.tools import Tool, ToolError
+
+log = logging.getLogger(__name__)
 
 
 class RunEvents(Protocol):
@@ -34,8 +37,10 @@ class Agent(ABC):
 
     async def run(self, content: str) -> str:
         """Answer ``content``, reporting start and result as events."""
+        log.debug("agent %s started", self.name)
         await self._events.emit("agent_started", agent=self.name)
         result = await self.answer(content)
+        log.debug("agent %s completed", self.name)
         await self._events.emit("agent_completed", agent=self.name, data={"result": result})
         return result
 

@@ -71,8 +71,10 @@ class Supervisor:
             if await self._end(self._emitter.fail(error)):
                 ended = "failed"
         finally:
+            seconds = time.perf_counter() - started
             if ended is not None:
-                self._metrics.run_ended(status=ended, seconds=time.perf_counter() - started)
+                self._metrics.run_ended(status=ended, seconds=seconds)
+            log.info("run ended %s in %.3f s", ended or "elsewhere", seconds)
         return message
 
     async def _run(self, content: str) -> Message:

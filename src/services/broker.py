@@ -49,6 +49,10 @@ class EventBroker(Protocol):
         """Open subscriptions of ``user_id`` in this process."""
         ...
 
+    async def ping(self) -> None:
+        """Raise if events cannot be delivered now (for readiness)."""
+        ...
+
 
 class InProcessBroker:
     def __init__(self) -> None:
@@ -77,3 +81,6 @@ class InProcessBroker:
 
     def subscriber_count(self, user_id: str) -> int:
         return len(self._subscriptions.get(user_id, ()))
+
+    async def ping(self) -> None:
+        return None  # in-process delivery is up while the process is

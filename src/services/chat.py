@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
+from src.logs import bind
 from src.services.database import repositories as repo
 from src.services.database.engine import atomic
 from src.services.database.models import utcnow
@@ -108,6 +109,7 @@ class ChatService:
         context = RunContext(
             run_id=run.id, thread_id=thread_id, user_id=user_id, request_id=request_id
         )
+        bind(run_id=run.id, thread_id=thread_id, user_id=user_id)  # the run's task inherits it
         # Its own task, so that a cancel (POST /api/runs/{id}/cancel) reaches exactly this run.
         task = asyncio.create_task(self._agents_for(context).run(content))
         self._runs.add(run.id, task)

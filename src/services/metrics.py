@@ -51,14 +51,6 @@ class Metrics:
             "isochat_ws_connections", "Open WebSocket connections", registry=r
         )
 
-    # ScopeObserver
-    def scope_opened(self) -> None:
-        self.request_scopes_open.inc()
-
-    def scope_closed(self, seconds: float) -> None:
-        self.request_scopes_open.dec()
-        self.request_scope_seconds.observe(seconds)
-
     def track_agent(self, agent: object) -> None:
         """Count ``agent`` as live until the garbage collector takes it.
 

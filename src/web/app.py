@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,9 +18,11 @@ from src.web.routes import ROUTES
 def create_app(container: AppContainer) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        leak_watch = asyncio.create_task(container.scope_monitor().watch())
         try:
             yield
         finally:
+            leak_watch.cancel()
             await shutdown(container)
 
     app = Starlette(

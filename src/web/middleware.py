@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.container import AppContainer, request_scope
-from src.logs import log_failure
+from src.logs import bind, log_failure
 from src.web.errors import error_response
 
 log = logging.getLogger(__name__)
+# Instead of uvicorn's access log, which is written outside the request's context.
+access_log = logging.getLogger("isochat.access")
 
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -41,21 +44,32 @@ class RequestScopeMiddleware:
             return
         request_id = incoming_request_id(scope) or str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
-        response_started = False
+        bind(request_id=request_id)  # on every log line of this request from here on
+        started = time.perf_counter()
+        status = 0
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal response_started
+            nonlocal status
             if message["type"] == "http.response.start":
-                response_started = True
+                status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
-        async with request_scope(self._container):
-            try:
-                await self._app(scope, receive, send_with_request_id)
-            except Exception as exc:
-                # Logged here with its request id; the client gets no detail.
-                log_failure(log, "unhandled error in request %s", request_id, exc=exc)
-                if not response_started:
-                    response = error_response("internal_error", "an internal error occurred")
-                    await response(scope, receive, send_with_request_id)
+        try:
+            async with request_scope(self._container, request_id=request_id):
+                try:
+                    await self._app(scope, receive, send_with_request_id)
+                except Exception as exc:
+                    # Logged here with its request id; the client gets no detail.
+                    log_failure(log, "unhandled error in request %s", request_id, exc=exc)
+                    if not status:
+                        response = error_response("internal_error", "an internal error occurred")
+                        await response(scope, receive, send_with_request_id)
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+            )

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from src.container import AppContainer
+from src.logs import bind
 from src.services.auth import valid_user_id
 from src.services.chat import ChatService
 from src.services.errors import Unauthorized
@@ -44,6 +45,7 @@ def authenticated_user(request: Request) -> str:
         raise Unauthorized("send Authorization: Bearer <token>")
     container = _container(request)
     user: str = container.tokens().user_of(token.strip())
+    bind(user_id=user)
     container.rate_limiter().check(user)
     return user
 
@@ -60,12 +62,22 @@ async def live(_: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    checks = {"database": "ok"}
+    """Ready when the database answers a new client, its schema is at the newest migration,
+    and events can be delivered; otherwise 503 naming the failing checks."""
+    container = _container(request)
+    checks = {"database": "ok", "migrations": "ok", "broker": "ok"}
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-            await _container(request).database().ping()
+            if not await container.database().schema_is_current():
+                checks["migrations"] = "behind"
     except Exception:
         checks["database"] = "unavailable"
+        checks["migrations"] = "unknown"
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            await container.broker().ping()
+    except Exception:
+        checks["broker"] = "unavailable"
     failing = [name for name, state in checks.items() if state != "ok"]
     if not failing:
         return _json({"status": "ok", "checks": checks})

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from src.container import AppContainer, request_scope
-from src.logs import log_failure
+from src.logs import bind, log_failure
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
@@ -51,6 +51,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except Unauthorized:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
         return
+    bind(user_id=user_id)
     limit = container.settings().max_ws_connections_per_user
     if container.broker().subscriber_count(user_id) >= limit:
         await websocket.close(
@@ -138,6 +139,7 @@ class Connection:
     async def _chat(self, frame: ChatFrame, outbox: Subscription) -> None:
         """One run in a request scope of its own; its events reach the outbox via the broker."""
         request_id = frame.request_id or str(uuid.uuid4())
+        bind(request_id=request_id)  # this task's context: the run's log lines carry it
         await self._in_scope(
             lambda chat: chat.send_message(
                 user_id=self._user_id,
@@ -164,7 +166,7 @@ class Connection:
         request_id: str | None,
     ) -> None:
         try:
-            async with request_scope(self._container):
+            async with request_scope(self._container, request_id=request_id):
                 chat: ChatService = self._container.request.chat()
                 await use_case(chat)
         except ChatError as exc:

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.e2e
 ISOCHAT = str(Path(sys.executable).parent / "isochat")
 START_TIMEOUT_S = 60.0
 
+READY = {"database": "ok", "migrations": "ok", "broker": "ok"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -117,7 +119,7 @@ def test_a_real_server_runs_chats_and_closes_interrupted_runs(
     closed as `interrupted` at start-up, so its thread takes messages again; SIGTERM stops the
     server cleanly."""
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        assert http.get("/health/ready").json()["checks"] == {"database": "ok"}
+        assert http.get("/health/ready").json()["checks"] == READY
         token = http.post("/api/auth/dev-login", json={"user_id": "alice"}).json()["token"]
         headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "e2e-1"}
 

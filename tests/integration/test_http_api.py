@@ -18,6 +18,8 @@ from src.services.domain import FINAL_EVENT_TYPES
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
 
+READY = {"database": "ok", "migrations": "ok", "broker": "ok"}
+
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
@@ -31,7 +33,7 @@ async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {"database": "ok"}}
+    assert ready.json() == {"status": "ok", "checks": READY}
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     for name in ("isochat_request_scopes_open", "isochat_runs_total", "isochat_ws_connections"):
@@ -48,7 +50,10 @@ async def test_readiness_names_the_failing_database(
     try:
         response = await client.get("/health/ready")
         assert_error(response, 503, "unavailable")
-        assert response.json()["checks"] == {"database": "unavailable"}
+        assert response.json()["checks"] == READY | {
+            "database": "unavailable",
+            "migrations": "unknown",
+        }
         assert (await client.get("/health/live")).status_code == 200
     finally:
         container.database.reset_override()

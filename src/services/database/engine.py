@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from src.aio import uninterrupted
+from src.services.database.migrations import current_revision_is_head
 from src.services.metrics import Metrics
 
 T = TypeVar("T")
@@ -58,11 +60,29 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def create_probe_engine(engine: AsyncEngine) -> AsyncEngine:
+    """An engine for health checks that sees the database as a new client would.
+
+    For a SQLite file: a fresh connection per check that neither creates the file nor reuses a
+    pooled connection (which keeps a removed file open and would report it healthy). Elsewhere,
+    the application's own pool, which pings connections before use.
+    """
+    url = engine.url
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return engine
+    if not path.startswith("file:"):
+        path = f"file:{Path(path).resolve()}"
+    probe_url = url.set(database=path, query={**url.query, "mode": "rw", "uri": "true"})
+    return create_async_engine(probe_url, poolclass=NullPool)
+
+
 class Database:
     """Engine, session factory and the count of open sessions."""
 
     def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
         self.engine = engine
+        self._probe = create_probe_engine(engine)
         self._metrics = metrics
         self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
 
@@ -85,9 +105,10 @@ class Database:
         finally:
             self._metrics.db_sessions_open.dec()
 
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+    async def schema_is_current(self) -> bool:
+        """Whether the database, reached as a new client would, is at the newest migration;
+        raises when it cannot be reached."""
+        return await current_revision_is_head(self._probe)
 
     def checked_out_connections(self) -> int:
         checkedout: Callable[[], int] | None = getattr(self.engine.pool, "checkedout", None)
@@ -95,6 +116,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._probe is not self.engine:
+            await self._probe.dispose()
 
 
 async def transaction(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
