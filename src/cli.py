@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.config
+import os
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.logs import logging_config
 from src.services.auth import TokenService
 from src.services.chat import close_interrupted_runs
 from src.services.database.engine import create_engine
@@ -35,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         messages = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         print(f"isochat: invalid settings: {messages}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    log_config = logging_config(level=settings.log_level, fmt=settings.log_format)
+    logging.config.dictConfig(log_config)
 
     if args.command == "token":
         tokens = TokenService(secret=settings.auth_secret, ttl_s=settings.token_ttl_s)
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         closed = asyncio.run(_close_interrupted_runs(settings))
         if closed:
             log.warning("closed %d run(s) left running by a stopped server as interrupted", closed)
-        serve(settings)
+        serve(settings, log_config=log_config)
     return 0
 
 
@@ -67,15 +72,31 @@ async def _close_interrupted_runs(settings: Settings) -> int:
         await engine.dispose()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, log_config: dict[str, Any]) -> None:
+    if settings.workers > 1:
+        prepare_multiprocess_metrics(settings.prometheus_multiproc_dir)
     uvicorn.run(
         "src.web.asgi:app",
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=log_config,
+        access_log=False,  # isochat logs each request itself, with its request id
         lifespan="on",
     )
+
+
+def prepare_multiprocess_metrics(directory: str | None) -> None:
+    """Workers write their metrics to one directory, emptied first (prometheus-client's rule);
+    a fresh one unless the operator chose it. Set before the workers start, which read it."""
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="isochat-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
 
 
 if __name__ == "__main__":

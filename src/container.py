@@ -115,7 +115,7 @@ class RequestContainer(containers.DeclarativeContainer):
 
 class AppContainer(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
-    metrics = providers.Singleton(Metrics)
+    metrics = providers.Singleton(Metrics, settings.provided.prometheus_multiproc_dir)
     engine = providers.Singleton(
         create_engine,
         settings.provided.database_url,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -27,6 +28,17 @@ def bind(**fields: str | None) -> None:
     update = {k: v for k, v in fields.items() if v is not None}
     if update:
         _context.set(MappingProxyType({**_context.get(), **update}))
+
+
+@contextmanager
+def fresh_context(**fields: str) -> Iterator[None]:
+    """Only these ids inside the block (a new request inherits nothing); the previous ones
+    after it."""
+    token = _context.set(MappingProxyType(fields))
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 def current_context() -> Mapping[str, str]:

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
+    # prometheus-client's own variable: set (by `isochat serve` when WORKERS > 1) to a directory
+    # where every worker writes its metrics, so that /metrics adds them all up.
+    prometheus_multiproc_dir: str | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
 
     llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str | None = None

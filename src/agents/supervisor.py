@@ -52,9 +52,9 @@ class Supervisor:
         """Run the agents on ``content`` to one terminal state; the assistant's message when the
         run completed. Re-raises a cancellation after recording it, as asyncio expects."""
         started = time.perf_counter()
-        ended: RunStatus | None = (
-            None  # stays None when the run ended elsewhere (and was counted there)
-        )
+        log.info("run started")
+        # Stays None when the run ended elsewhere (and was counted there).
+        ended: RunStatus | None = None
         message = None
         try:
             message = await self._run(content)

@@ -5,21 +5,35 @@ Each application owns its own registry, so two apps in one process (tests) never
 
 from __future__ import annotations
 
+import os
+import re
 import weakref
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """With ``multiprocess_dir`` (several workers), each process writes its values there and
+    ``render`` adds up those of the live processes; gauges sum over live workers."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
         self._agent_refs: set[weakref.ref[object]] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_scopes_open = Gauge(
-            "isochat_request_scopes_open", "Request scopes opened and not yet disposed", registry=r
-        )
+            "isochat_request_scopes_open", "Request scopes opened and not yet disposed",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.request_scope_seconds = Histogram(
             "isochat_request_scope_seconds",
             "Time from a request scope's opening to its disposal",
@@ -27,11 +41,13 @@ class Metrics:
             registry=r,
         )
         self.agent_instances_live = Gauge(
-            "isochat_agent_instances_live", "Agent objects not yet garbage-collected", registry=r
-        )
+            "isochat_agent_instances_live", "Agent objects not yet garbage-collected",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.db_sessions_open = Gauge(
-            "isochat_db_sessions_open", "Database sessions opened and not yet closed", registry=r
-        )
+            "isochat_db_sessions_open", "Database sessions opened and not yet closed",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.runs_total = Counter(
             "isochat_runs_total", "Runs ended, by terminal status", ["status"], registry=r
         )
@@ -48,8 +64,9 @@ class Metrics:
             registry=r,
         )
         self.ws_connections = Gauge(
-            "isochat_ws_connections", "Open WebSocket connections", registry=r
-        )
+            "isochat_ws_connections", "Open WebSocket connections",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
 
     def track_agent(self, agent: object) -> None:
         """Count ``agent`` as live until the garbage collector takes it.
@@ -72,9 +89,36 @@ class Metrics:
         self.agent_failures_total.labels(agent=agent, code=code).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        forget_dead_workers(self._multiprocess_dir)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when never set): for health checks and tests."""
         got = self.registry.get_sample_value(name, labels or {})
         return 0.0 if got is None else got
+
+
+_GAUGE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that have exited (a restarted worker gets a new pid):
+    their last values would otherwise be added to the living ones' forever."""
+    for name in os.listdir(directory):
+        match = _GAUGE_FILE.match(name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

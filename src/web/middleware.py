@@ -16,7 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.container import AppContainer, request_scope
-from src.logs import bind, log_failure
+from src.logs import fresh_context, log_failure
 from src.web.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,11 @@ class RequestScopeMiddleware:
             return
         request_id = incoming_request_id(scope) or str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
-        bind(request_id=request_id)  # on every log line of this request from here on
+        # Every log line of this request carries its id, and nothing of an earlier request.
+        with fresh_context(request_id=request_id):
+            await self._serve(scope, receive, send, request_id=request_id)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, *, request_id: str) -> None:
         started = time.perf_counter()
         status = 0
 

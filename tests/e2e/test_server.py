@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +92,17 @@ def interrupted_run(tmp_path: Path) -> tuple[str, str]:
     return thread_id, run_id
 
 
-@pytest.fixture
-def server(tmp_path: Path, interrupted_run: tuple[str, str]) -> Iterator[Server]:
+@contextmanager
+def running_server(tmp_path: Path, **extra_env: str) -> Iterator[Server]:
+    """`isochat serve` in its own process until the block ends (SIGTERM, then kill)."""
     port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [ISOCHAT, "serve"], env=environment(tmp_path, port), stdout=out, stderr=out
+            [ISOCHAT, "serve"],
+            env=environment(tmp_path, port) | extra_env,
+            stdout=out,
+            stderr=out,
         )
     server = Server(url=f"http://127.0.0.1:{port}", process=process, log=log)
     try:
@@ -110,6 +116,12 @@ def server(tmp_path: Path, interrupted_run: tuple[str, str]) -> Iterator[Server]
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path, interrupted_run: tuple[str, str]) -> Iterator[Server]:
+    with running_server(tmp_path) as server:
+        yield server
 
 
 def test_a_real_server_runs_chats_and_closes_interrupted_runs(
@@ -207,3 +219,38 @@ def test_production_refuses_to_start_with_the_development_or_a_short_secret(
     assert done.returncode == 2
     assert "ISOCHAT_AUTH_SECRET" in done.stderr
     assert not (tmp_path / "var").exists()  # refused before touching the database
+
+
+def test_two_workers_add_up_their_metrics_and_log_json_with_ids(tmp_path: Path) -> None:
+    """With ISOCHAT_WORKERS=2, /metrics (answered by either worker) counts every run of both;
+    gauges are back to 0 after the traffic; with ISOCHAT_LOG_FORMAT=json every line is JSON
+    and each request's line carries its request id."""
+    runs = 8
+    with running_server(
+        tmp_path, ISOCHAT_WORKERS="2", ISOCHAT_LOG_FORMAT="json", ISOCHAT_LOG_LEVEL="info"
+    ) as server:
+        # A new connection per request, so that both workers take requests.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=server.url, timeout=30, limits=limits) as http:
+            token = http.post("/api/auth/dev-login", json={"user_id": "mp"}).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            for i in range(runs):
+                thread_id = http.post("/api/threads", json={}, headers=headers).json()["id"]
+                body = http.post(
+                    f"/api/threads/{thread_id}/messages",
+                    json={"content": f"what is {i} + 1?"},
+                    headers=headers | {"X-Request-ID": f"mp-{i}"},
+                ).json()
+                assert body["run"]["status"] == "completed"
+            for _ in range(6):
+                text = http.get("/metrics").text
+                assert f'isochat_runs_total{{status="completed"}} {float(runs)}' in text
+                assert "isochat_request_scopes_open 0.0" in text
+                assert "isochat_db_sessions_open 0.0" in text
+
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
+    assert lines, "the server logged nothing"
+    assert {"ts", "level", "logger", "message"} <= set(lines[0])
+    access = [line for line in lines if line["logger"] == "isochat.access"]
+    assert {f"mp-{i}" for i in range(runs)} <= {line.get("request_id") for line in access}
+    assert any(line["logger"].startswith("uvicorn") for line in lines)
