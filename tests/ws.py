@@ -66,6 +66,16 @@ def events_by_run(frames: list[Frame]) -> dict[str, list[Frame]]:
     return runs
 
 
+def websocket_scope(token: str) -> dict[str, Any]:
+    """The ASGI scope of a connection to ``/ws`` with ``token`` in the query."""
+    return {
+        "type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws", "raw_path": b"/ws",
+        "root_path": "", "scheme": "ws", "query_string": f"token={token}".encode(),
+        "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "subprotocols": [], "state": {},
+    }  # fmt: skip
+
+
 class AsgiSocket:
     """A WebSocket client that talks to the ASGI app in memory, on the test's own event loop."""
 
@@ -77,12 +87,7 @@ class AsgiSocket:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsgiSocket:
-        scope = {
-            "type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws", "raw_path": b"/ws",
-            "root_path": "", "scheme": "ws", "query_string": f"token={self._token}".encode(),
-            "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-            "subprotocols": [], "state": {},
-        }  # fmt: skip
+        scope = websocket_scope(self._token)
         self._task = asyncio.create_task(self._app(scope, self._to_app.get, self._from_app.put))
         await self._to_app.put({"type": "websocket.connect"})
         accepted = await asyncio.wait_for(self._from_app.get(), 10)

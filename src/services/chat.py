@@ -4,6 +4,7 @@ while an agent, a model or a tool is awaited."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
-from src.logs import bind
+from src.logs import bind, log_failure
 from src.services.database import repositories as repo
 from src.services.database.engine import atomic
 from src.services.database.models import utcnow
@@ -22,6 +23,9 @@ from src.services.runs import RunRegistry
 
 DEFAULT_TITLE = "New chat"
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
+NOT_STARTED = RunError("internal_error", "an internal error kept the run from starting")
+
+log = logging.getLogger(__name__)
 
 
 class RunsAgents(Protocol):
@@ -110,8 +114,16 @@ class ChatService:
             run_id=run.id, thread_id=thread_id, user_id=user_id, request_id=request_id
         )
         bind(run_id=run.id, thread_id=thread_id, user_id=user_id)  # the run's task inherits it
+        try:
+            agents = self._agents_for(context)
+        except Exception as exc:
+            # The run exists: it must still end, or its thread would stay locked.
+            log_failure(log, "the agents of run %s could not be built", run.id, exc=exc)
+            await atomic(self._session, lambda s: end_run(s, run, error=NOT_STARTED))
+            self._metrics.run_ended(status="failed", seconds=0.0)
+            return await self.get_run(user_id=user_id, run_id=run.id), None
         # Its own task, so that a cancel (POST /api/runs/{id}/cancel) reaches exactly this run.
-        task = asyncio.create_task(self._agents_for(context).run(content))
+        task = asyncio.create_task(agents.run(content))
         self._runs.add(run.id, task)
         message: Message | None = None
         try:

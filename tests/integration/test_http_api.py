@@ -352,3 +352,28 @@ async def test_cancelling_a_run_no_live_task_owns_ends_it_in_the_database(
     assert response.json()["run"]["status"] == "cancelled"
     events = (await client.get(f"/api/runs/{run_id}/events", headers=headers)).json()["events"]
     assert [(e["seq"], e["type"]) for e in events] == [(1, "run_started"), (2, "run_cancelled")]
+
+
+async def test_a_run_whose_agents_cannot_be_built_still_ends(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """If building a run's agents fails, the run ends `failed` with one final event and its
+    thread is not left locked."""
+
+    def broken() -> None:
+        raise RuntimeError("misconfigured agent")
+
+    container.request.supervisor.override(providers.Callable(broken))
+    headers = auth(container, "alice")
+    thread_id = await new_thread(client, headers)
+    body = await send(client, headers, thread_id, "what is 1 + 1?")
+    container.request.supervisor.reset_override()
+
+    assert body["run"]["status"] == "failed"
+    assert body["run"]["error"]["code"] == "internal_error"
+    events = (await client.get(f"/api/runs/{body['run']['id']}/events", headers=headers)).json()
+    assert [e["type"] for e in events["events"]] == ["run_failed"]
+    assert (await send(client, headers, thread_id, "what is 1 + 1?"))["run"][
+        "status"
+    ] == "completed"
+    assert leaks(container) == NO_LEAKS

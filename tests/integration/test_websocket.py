@@ -18,7 +18,7 @@ from src.services.domain import FINAL_EVENT_TYPES
 from src.web.app import create_app
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks_once_settled, new_thread, send
-from tests.ws import Frame, events_by_run, open_socket
+from tests.ws import Frame, events_by_run, open_socket, websocket_scope
 
 SETTLED = NO_LEAKS | {"ws_connections": 0}
 
@@ -339,12 +339,7 @@ class StalledClient:
         self.close_code: int | None = None
 
     async def run(self) -> None:
-        scope = {
-            "type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws", "raw_path": b"/ws",
-            "root_path": "", "scheme": "ws", "query_string": f"token={self._token}".encode(),
-            "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-            "subprotocols": [], "state": {},
-        }  # fmt: skip
+        scope = websocket_scope(self._token)
         connected = False
 
         async def receive() -> dict[str, Any]:
