@@ -16,9 +16,23 @@ from src.agents.base import Agent, AgentTracker, RunEvents
 from src.agents.specialists import MathAgent
 from src.agents.tools import Calculator
 from src.container import AppContainer
+from src.services.metrics import Metrics
 from src.settings import Settings
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
+
+
+class RememberingMetrics(Metrics):
+    """The real metrics, plus a weak reference to every agent they were told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[weakref.ref[Agent]] = []
+
+    def track_agent(self, agent: object) -> None:
+        assert isinstance(agent, Agent)
+        self.created.append(weakref.ref(agent))
+        super().track_agent(agent)
 
 
 def sum_question(i: int) -> tuple[str, str]:
@@ -141,16 +155,9 @@ async def test_context_cleanup_after_request(
     container.settings.override(
         providers.Object(container.settings().model_copy(update={"run_timeout_s": 0.5}))
     )
-    created: list[weakref.ref[Agent]] = []
-    tracker = container.metrics()
-    original_track = tracker.track_agent
-
-    def track_and_remember(agent: object) -> None:
-        assert isinstance(agent, Agent)
-        created.append(weakref.ref(agent))
-        original_track(agent)
-
-    tracker.track_agent = track_and_remember  # type: ignore[method-assign]
+    metrics = RememberingMetrics()
+    container.metrics.override(providers.Object(metrics))
+    created = metrics.created
     headers = auth(container, "carol")
     threads = [await new_thread(client, headers) for _ in range(5)]
 
