@@ -263,3 +263,33 @@ async def test_hanging_agent_is_cut_off_at_run_timeout_while_others_finish(
             # Order, not speed: every healthy run was done before any hanging run was cut off.
             assert finished_at[user] < min(finished_at[h] for h in hanging)
     assert leaks(container) == NO_LEAKS
+
+
+async def test_waiting_runs_hold_no_database_connection(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """30 runs waiting on their agents at once hold no connection: the 15-connection pool is
+    untouched and another user's run completes meanwhile."""
+    install_chaos(container)
+    settings = container.settings()
+    assert settings.db_pool_size + settings.db_max_overflow < 30
+    users = [auth(container, f"waiter{i}") for i in range(30)]
+    threads = [await new_thread(client, headers) for headers in users]
+    waiting = [
+        asyncio.create_task(send(client, headers, thread_id, "[hang] wait"))
+        for headers, thread_id in zip(users, threads, strict=True)
+    ]
+    run_ids = [
+        await wait_for_run(client, headers, thread_id)
+        for headers, thread_id in zip(users, threads, strict=True)
+    ]
+
+    assert container.database().checked_out_connections() == 0
+    other = auth(container, "other")
+    body = await send(client, other, await new_thread(client, other), "what is 5 * 5?")
+    assert body["message"]["content"] == "5 * 5 = 25"
+
+    for headers, run_id in zip(users, run_ids, strict=True):
+        await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
+    assert {(await task)["run"]["status"] for task in waiting} == {"cancelled"}
+    assert leaks(container) == NO_LEAKS
