@@ -33,6 +33,7 @@ from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
 from src.services.llm.openai import OpenAILLM
 from src.services.metrics import Metrics
+from src.services.redis_broker import RedisBroker
 from src.services.runs import RunRegistry
 from src.services.scope_monitor import ScopeMonitor
 from src.settings import Settings
@@ -136,7 +137,11 @@ class AppContainer(containers.DeclarativeContainer):
             max_connections=settings.provided.llm_max_connections,
         ),
     )
-    broker = providers.Singleton(InProcessBroker)
+    broker = providers.Selector(
+        settings.provided.broker_kind,
+        memory=providers.Singleton(InProcessBroker),
+        redis=providers.Singleton(RedisBroker, settings.provided.broker_url),
+    )
     runs = providers.Singleton(RunRegistry)
     tokens = providers.Singleton(
         TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
@@ -179,7 +184,8 @@ def request_scope(container: AppContainer, *, request_id: str | None = None) -> 
 
 async def shutdown(container: AppContainer) -> None:
     """Release the application's objects, in order: runs still going end ``cancelled`` (not
-    left ``running``), then the model's and the database's connections close."""
+    left ``running``), then the broker's, the model's and the database's connections close."""
     await container.runs().cancel_all()
+    await container.broker().aclose()
     await container.llm().aclose()
     await container.database().dispose()

@@ -78,6 +78,18 @@ class Settings(BaseSettings):
                 raise ValueError("ISOCHAT_LLM_BASE_URL must start with http:// or https://")
         return self
 
+    @model_validator(mode="after")
+    def _known_broker(self) -> Settings:
+        if not self.broker_url.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError(
+                "ISOCHAT_BROKER_URL must be memory:// (one process) or redis://host:port/db"
+            )
+        return self
+
+    @property
+    def broker_kind(self) -> Literal["memory", "redis"]:
+        return "memory" if self.broker_url.startswith("memory://") else "redis"
+
     @property
     def is_development(self) -> bool:
         return self.env == "development"

@@ -41,9 +41,9 @@ class Subscription:
 class EventBroker(Protocol):
     async def publish(self, user_id: str, event: Event) -> None: ...
 
-    def subscribe(self, user_id: str, *, max_pending: int) -> Subscription: ...
+    async def subscribe(self, user_id: str, *, max_pending: int) -> Subscription: ...
 
-    def unsubscribe(self, subscription: Subscription) -> None: ...
+    async def unsubscribe(self, subscription: Subscription) -> None: ...
 
     def subscriber_count(self, user_id: str) -> int:
         """Open subscriptions of ``user_id`` in this process."""
@@ -53,25 +53,34 @@ class EventBroker(Protocol):
         """Raise if events cannot be delivered now (for readiness)."""
         ...
 
+    async def aclose(self) -> None: ...
+
 
 class InProcessBroker:
+    """Delivers to the subscriptions of this process only: right for one worker."""
+
     def __init__(self) -> None:
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
 
     async def publish(self, user_id: str, event: Event) -> None:
-        subscribers = self._subscriptions.get(user_id)
-        if not subscribers:
-            return
-        frame = event.to_json()
-        for subscription in tuple(subscribers):
+        self.deliver(user_id, event.to_json())
+
+    def deliver(self, user_id: str, frame: Frame) -> None:
+        for subscription in tuple(self._subscriptions.get(user_id, ())):
             subscription.offer(frame)
 
-    def subscribe(self, user_id: str, *, max_pending: int) -> Subscription:
+    async def subscribe(self, user_id: str, *, max_pending: int) -> Subscription:
+        return self.add(user_id, max_pending=max_pending)
+
+    def add(self, user_id: str, *, max_pending: int) -> Subscription:
         subscription = Subscription(user_id, max_pending)
         self._subscriptions[user_id].add(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        self.remove(subscription)
+
+    def remove(self, subscription: Subscription) -> None:
         subscribers = self._subscriptions.get(subscription.user_id)
         if subscribers is None:
             return
@@ -84,3 +93,6 @@ class InProcessBroker:
 
     async def ping(self) -> None:
         return None  # in-process delivery is up while the process is
+
+    async def aclose(self) -> None:
+        return None

@@ -35,7 +35,7 @@ async def read_json(
     """The body as ``model``: 413 past ``max_bytes`` (checked before parsing), 400 for JSON
     that does not parse, 422 naming the first field that does not validate."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError("payload_too_large", f"the body is larger than {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():

@@ -167,7 +167,8 @@ async def get_run(request: Request) -> Response:
 async def list_events(request: Request) -> Response:
     user = authenticated_user(request)
     raw_after = request.query_params.get("after", "0")
-    if not raw_after.isdigit() or len(raw_after) > 18:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not (raw_after.isascii() and raw_after.isdigit()) or len(raw_after) > 18:
         raise ApiError("validation_error", "after: must be a whole number, 0 or more")
     events = await _chat(request).list_events(
         user_id=user, run_id=request.path_params["id"], after=int(raw_after)

@@ -76,7 +76,7 @@ class Connection:
     async def serve(self) -> None:
         broker = self._container.broker()
         gauge = self._container.metrics().ws_connections
-        outbox = broker.subscribe(self._user_id, max_pending=self._max_pending)
+        outbox = await broker.subscribe(self._user_id, max_pending=self._max_pending)
         gauge.inc()
         reader = asyncio.create_task(self._read(outbox))
         writer = asyncio.create_task(self._write(outbox))
@@ -87,7 +87,7 @@ class Connection:
             for task in (reader, writer, too_slow):
                 task.cancel()
             await self._cancel_tasks()
-            broker.unsubscribe(outbox)
+            await broker.unsubscribe(outbox)
             gauge.dec()
             await asyncio.gather(reader, writer, too_slow, return_exceptions=True)
         if outbox.overflowed.is_set():

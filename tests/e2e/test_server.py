@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from tests.ws import open_socket
@@ -254,3 +256,38 @@ def test_two_workers_add_up_their_metrics_and_log_json_with_ids(tmp_path: Path) 
     access = [line for line in lines if line["logger"] == "isochat.access"]
     assert {f"mp-{i}" for i in range(runs)} <= {line.get("request_id") for line in access}
     assert any(line["logger"].startswith("uvicorn") for line in lines)
+
+
+@pytest.mark.redis
+async def test_two_workers_share_events_through_redis(tmp_path: Path) -> None:
+    """With ISOCHAT_BROKER_URL=redis://..., a socket on one worker receives every run of its
+    user, whichever worker ran it. Skipped when Redis cannot be reached."""
+    redis_url = os.environ.get("ISOCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    probe = Redis.from_url(redis_url, socket_connect_timeout=2)
+    try:
+        await probe.ping()
+    except (RedisError, OSError) as exc:
+        pytest.skip(f"Redis is not reachable at {redis_url}: {exc}")
+    finally:
+        await probe.aclose()
+    runs = 8
+    with running_server(tmp_path, ISOCHAT_WORKERS="2", ISOCHAT_BROKER_URL=redis_url) as server:
+        limits = httpx.Limits(max_keepalive_connections=0)  # both workers take requests
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http:
+            token = (await http.post("/api/auth/dev-login", json={"user_id": "rd"})).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            address = server.url.removeprefix("http://")
+            async with open_socket(address, token=token) as ws:
+                await ws.send({"type": "ping"})
+                assert await ws.recv() == {"type": "pong"}
+                for i in range(runs):
+                    thread_id = (await http.post("/api/threads", json={}, headers=headers)).json()
+                    body = await http.post(
+                        f"/api/threads/{thread_id['id']}/messages",
+                        json={"content": f"what is {i} * 2?"},
+                        headers=headers,
+                    )
+                    assert body.json()["run"]["status"] == "completed"
+                frames = await ws.until_runs_end(runs)
+    answers = {f["data"]["message"]["content"] for f in frames if f["type"] == "run_completed"}
+    assert answers == {f"{i} * 2 = {2 * i}" for i in range(runs)}

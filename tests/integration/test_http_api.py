@@ -284,11 +284,14 @@ async def test_bad_bodies_get_the_contracts_error_codes(
     assert_error(await client.post(url, content=huge, headers=headers), 413, "payload_too_large")
     title = await client.post("/api/threads", json={"title": 7}, headers=headers)
     assert_error(title, 422, "validation_error")
-    assert_error(
-        await client.get(f"/api/runs/{uuid.uuid4()}/events?after=-1", headers=headers),
-        422,
-        "validation_error",
-    )
+    for after in ("-1", "\u00b2", "1.5", "x"):
+        assert_error(
+            await client.get(
+                f"/api/runs/{uuid.uuid4()}/events", params={"after": after}, headers=headers
+            ),
+            422,
+            "validation_error",
+        )
     messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()
     assert messages == {"messages": []}
 
