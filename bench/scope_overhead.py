@@ -52,7 +52,7 @@ from src.services.metrics import Metrics
 from src.services.runs import RunRegistry
 from src.settings import Settings
 
-MAX_RUNNING = Settings.model_fields["max_running_runs_per_user"].default
+SETTINGS = Settings(_env_file=None)
 
 REQUEST_PROVIDERS = (
     "session",
@@ -170,7 +170,7 @@ def chat_service(objects: RequestObjects) -> ChatService:
         runs=app.runs,
         agents_for=objects.agents_for(),
         metrics=app.metrics,
-        max_running_runs_per_user=MAX_RUNNING,
+        settings=SETTINGS,
     )
 
 
@@ -276,7 +276,7 @@ class BenchProvider(Provider):
             runs=runs,
             agents_for=agents_for,
             metrics=metrics,
-            max_running_runs_per_user=MAX_RUNNING,
+            settings=SETTINGS,
         )
 
 

@@ -39,6 +39,29 @@ from src.services.scope_monitor import ScopeMonitor
 from src.settings import Settings
 
 
+def choose_llm(settings: Settings) -> LLM:
+    """The model ``ISOCHAT_LLM_PROVIDER`` names. Chosen once: a ``Selector`` would look the
+    setting up again at every resolution, on every request."""
+    if settings.llm_provider == "openai":
+        assert settings.llm_base_url is not None  # Settings refuses openai without one
+        return OpenAILLM(
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key,
+            model=settings.llm_model,
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            max_connections=settings.llm_max_connections,
+        )
+    return OfflineLLM()
+
+
+def choose_broker(settings: Settings) -> EventBroker:
+    """The broker ``ISOCHAT_BROKER_URL`` names, chosen once."""
+    if settings.broker_kind == "redis":
+        return RedisBroker(settings.broker_url)
+    return InProcessBroker()
+
+
 class RunAgents:
     """Hands a run's context to the current scope, then builds that run's supervisor there."""
 
@@ -109,7 +132,7 @@ class RequestContainer(containers.DeclarativeContainer):
             runs=runs,
             agents_for=agents_for,
             metrics=metrics,
-            max_running_runs_per_user=settings.provided.max_running_runs_per_user,
+            settings=settings,
         )
     )
 
@@ -124,24 +147,8 @@ class AppContainer(containers.DeclarativeContainer):
         max_overflow=settings.provided.db_max_overflow,
     )
     database = providers.Singleton(Database, engine=engine, metrics=metrics)
-    llm = providers.Selector(
-        settings.provided.llm_provider,
-        offline=providers.Singleton(OfflineLLM),
-        openai=providers.Singleton(
-            OpenAILLM,
-            base_url=settings.provided.llm_base_url,
-            api_key=settings.provided.llm_api_key,
-            model=settings.provided.llm_model,
-            timeout_s=settings.provided.llm_timeout_s,
-            max_retries=settings.provided.llm_max_retries,
-            max_connections=settings.provided.llm_max_connections,
-        ),
-    )
-    broker = providers.Selector(
-        settings.provided.broker_kind,
-        memory=providers.Singleton(InProcessBroker),
-        redis=providers.Singleton(RedisBroker, settings.provided.broker_url),
-    )
+    llm = providers.Singleton(choose_llm, settings)
+    broker = providers.Singleton(choose_broker, settings)
     runs = providers.Singleton(RunRegistry)
     tokens = providers.Singleton(
         TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s

@@ -20,6 +20,7 @@ from src.services.database.models import utcnow
 from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
 from src.services.errors import Conflict, NotFound, RateLimited, RunInProgress
 from src.services.runs import RunRegistry
+from src.settings import Settings
 
 DEFAULT_TITLE = "New chat"
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
@@ -54,13 +55,13 @@ class ChatService:
         runs: RunRegistry,
         agents_for: Callable[[RunContext], RunsAgents],
         metrics: RunMetrics,
-        max_running_runs_per_user: int,
+        settings: Settings,
     ) -> None:
         self._session = session
         self._runs = runs
         self._agents_for = agents_for
         self._metrics = metrics
-        self._max_running = max_running_runs_per_user
+        self._max_running = settings.max_running_runs_per_user
 
     # threads
 
