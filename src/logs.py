@@ -41,10 +41,6 @@ def fresh_context(**fields: str) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> Mapping[str, str]:
-    return _context.get()
-
-
 class ContextFilter(logging.Filter):
     """Copies the context's ids onto each record (None where unknown)."""
 

@@ -89,10 +89,6 @@ class Event:
     agent: str | None
     data: dict[str, Any]
 
-    @property
-    def is_final(self) -> bool:
-        return self.type in FINAL_EVENT_TYPES
-
     def to_json(self) -> dict[str, Any]:
         return {
             "type": self.type,

@@ -29,10 +29,6 @@ class Unauthorized(ChatError):
     code = "unauthorized"
 
 
-class Unavailable(ChatError):
-    code = "unavailable"
-
-
 class RateLimited(ChatError):
     code = "rate_limited"
 

@@ -34,10 +34,6 @@ class EventEmitter:
         self._seq = 0
         self.finished = False
 
-    @property
-    def context(self) -> RunContext:
-        return self._context
-
     def _event(self, type_: str, agent: str | None, data: dict[str, Any]) -> Event:
         ctx = self._context
         return Event(
