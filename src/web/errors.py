@@ -74,12 +74,12 @@ async def on_http_exception(_: Request, exc: Exception) -> Response:
     return error_response("internal_error", "the server could not answer this request")
 
 
+# Connection and pool failures, not constraint violations (those are bugs: 500).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+
 EXCEPTION_HANDLERS = {
     ApiError: on_api_error,
     ChatError: on_api_error,
     HTTPException: on_http_exception,
-    # Connection and pool failures, not constraint violations: those are bugs, 500.
-    OperationalError: on_database_unavailable,
-    InterfaceError: on_database_unavailable,
-    PoolTimeout: on_database_unavailable,
+    **dict.fromkeys(DATABASE_UNAVAILABLE, on_database_unavailable),
 }

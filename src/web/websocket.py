@@ -23,6 +23,7 @@ from src.logs import bind, log_failure
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
+from src.web.errors import DATABASE_UNAVAILABLE
 from src.web.frames import CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,9 @@ class Connection:
                 await use_case(chat)
         except ChatError as exc:
             outbox.offer(_error_frame(exc.code, exc.message, request_id))
+        except DATABASE_UNAVAILABLE:
+            message = "the database is unavailable; retry later"
+            outbox.offer(_error_frame("unavailable", message, request_id))
         except Exception as exc:
             log_failure(log, "unhandled error on a WebSocket of %s", self._user_id, exc=exc)
             outbox.offer(_error_frame("internal_error", "an internal error occurred", request_id))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from dependency_injector import providers
 from websockets.exceptions import ConnectionClosed
 
 from src.container import AppContainer
+from src.services.database.engine import Database, create_engine
 from src.services.domain import FINAL_EVENT_TYPES
 from src.web.app import create_app
 from tests.fakes import install_chaos
@@ -360,3 +362,57 @@ class StalledClient:
                 await self._disconnect.wait()  # never reads: the send never completes
 
         await self._app(scope, receive, send)
+
+
+async def test_run_in_progress_unavailable_and_internal_errors_reach_the_socket(
+    container: AppContainer, live_server: str, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A second chat on a busy thread, a chat while the database is unreachable, and a chat
+    that hits a bug each get their error frame (`run_in_progress`, `unavailable`,
+    `internal_error`, with the frame's request id), and the socket goes on."""
+    install_chaos(container)
+    thread_id = await new_thread(http, auth(container, "alice"))
+    async with open_socket(live_server, token=token(container, "alice")) as socket:
+        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
+        started = await socket.until(lambda f: f.get("type") == "run_started")
+        await socket.send(
+            {"type": "chat", "thread_id": thread_id, "content": "hi", "request_id": "busy"}
+        )
+        busy = await socket.until(lambda f: f.get("type") == "error")
+        assert busy["request_id"] == "busy"
+        assert busy["error"]["code"] == "run_in_progress"
+        await socket.send({"type": "cancel", "run_id": started["run_id"]})
+        await socket.until(lambda f: f.get("type") == "run_cancelled")
+
+        unreachable = Database(
+            create_engine(f"sqlite+aiosqlite:///{tmp_path}"), container.metrics()
+        )
+        container.database.override(providers.Object(unreachable))
+        try:
+            await socket.send(
+                {"type": "chat", "thread_id": thread_id, "content": "hi", "request_id": "down"}
+            )
+            down = await socket.until(lambda f: f.get("type") == "error")
+        finally:
+            container.database.reset_override()
+            await unreachable.dispose()
+        assert (down["request_id"], down["error"]["code"]) == ("down", "unavailable")
+
+        def explode() -> None:
+            raise RuntimeError("secret detail")
+
+        container.request.chat.override(providers.Callable(explode))
+        try:
+            await socket.send(
+                {"type": "chat", "thread_id": thread_id, "content": "hi", "request_id": "bug"}
+            )
+            bug = await socket.until(lambda f: f.get("type") == "error")
+        finally:
+            container.request.chat.reset_override()
+        assert (bug["request_id"], bug["error"]["code"]) == ("bug", "internal_error")
+        assert "secret" not in bug["error"]["message"]
+
+        await socket.send({"type": "chat", "thread_id": thread_id, "content": "what is 3 + 4?"})
+        done = await socket.until(lambda f: f.get("type") in FINAL_EVENT_TYPES)
+        assert done["data"]["message"]["content"] == "3 + 4 = 7"
+    assert await leaks_once_settled(container) == SETTLED
