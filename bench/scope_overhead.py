@@ -170,6 +170,7 @@ def chat_service(objects: RequestObjects) -> ChatService:
         runs=app.runs,
         agents_for=objects.agents_for(),
         metrics=app.metrics,
+        broker=app.broker,
         settings=SETTINGS,
     )
 
@@ -269,13 +270,19 @@ class BenchProvider(Provider):
 
     @provide(scope=Scope.REQUEST)
     def chat(
-        self, session: AsyncSession, runs: RunRegistry, agents_for: BoundRunAgents, metrics: Metrics
+        self,
+        session: AsyncSession,
+        runs: RunRegistry,
+        agents_for: BoundRunAgents,
+        metrics: Metrics,
+        broker: EventBroker,
     ) -> ChatService:
         return ChatService(
             session=session,
             runs=runs,
             agents_for=agents_for,
             metrics=metrics,
+            broker=broker,
             settings=SETTINGS,
         )
 

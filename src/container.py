@@ -132,6 +132,7 @@ class RequestContainer(containers.DeclarativeContainer):
             runs=runs,
             agents_for=agents_for,
             metrics=metrics,
+            broker=broker,
             settings=settings,
         )
     )
@@ -187,6 +188,12 @@ def request_scope(container: AppContainer, *, request_id: str | None = None) -> 
     exit path; the app's objects are never touched.
     """
     return RequestScope(observer=container.scope_monitor(), label=request_id)
+
+
+async def startup(container: AppContainer) -> None:
+    """What the application starts before serving: cancels asked by other workers reach this
+    worker's runs."""
+    await container.broker().listen_for_cancels(container.runs().cancel_soon)
 
 
 async def shutdown(container: AppContainer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from src.services.domain import Event
@@ -53,6 +54,15 @@ class EventBroker(Protocol):
         """Raise if events cannot be delivered now (for readiness)."""
         ...
 
+    async def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> None:
+        """From now on, call ``on_cancel(run_id)`` whenever any worker asks for a cancel."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Ask every worker to cancel ``run_id`` if it runs it; False when no other process
+        can hear (then nobody else runs it)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -93,6 +103,12 @@ class InProcessBroker:
 
     async def ping(self) -> None:
         return None  # in-process delivery is up while the process is
+
+    async def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> None:
+        return None  # runs of this process are cancelled through its own RunRegistry
+
+    async def request_cancel(self, run_id: str) -> bool:
+        return False
 
     async def aclose(self) -> None:
         return None

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
 from src.logs import bind, log_failure
+from src.services.broker import EventBroker
 from src.services.database import repositories as repo
 from src.services.database.engine import atomic
 from src.services.database.models import utcnow
@@ -24,6 +25,9 @@ from src.settings import Settings
 
 DEFAULT_TITLE = "New chat"
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
+# How long a cancel waits for another worker to end the run before ending it in the database.
+CANCEL_WAIT_S = 3.0
+CANCEL_POLL_S = 0.05
 NOT_STARTED = RunError("internal_error", "an internal error kept the run from starting")
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,10 @@ class ChatService:
         runs: RunRegistry,
         agents_for: Callable[[RunContext], RunsAgents],
         metrics: RunMetrics,
+        broker: EventBroker,
         settings: Settings,
     ) -> None:
+        self._broker = broker
         self._session = session
         self._runs = runs
         self._agents_for = agents_for
@@ -203,15 +209,34 @@ class ChatService:
         run = await self.get_run(user_id=user_id, run_id=run_id)
         if run.status != "running":
             raise Conflict(f"the run has already ended ({run.status})")
-        if not await self._runs.cancel(run_id):
-            # Not executing here: another worker's, or a dead process's. Ending it in the
-            # database is safe: whichever writer moves it out of `running` first wins.
+        if not await self._runs.cancel(run_id) and not await self._cancelled_elsewhere(run):
+            # No live task anywhere ended it: a dead process's run. Ending it in the database
+            # is safe even if one is still alive: whichever writer ends it first wins.
             await atomic(self._session, lambda s: end_run(s, run, error=None))
             self._metrics.run_ended(status="cancelled", seconds=0.0)
         run = await self.get_run(user_id=user_id, run_id=run_id)
         if run.status == "running":  # pragma: no cover - the task wrote nothing on its way out
             raise Conflict("the run could not be cancelled")
         return run
+
+    async def _cancelled_elsewhere(self, run: Run) -> bool:
+        """Ask the other workers to cancel ``run``; True once the worker running it has
+        recorded its end (within ``CANCEL_WAIT_S``)."""
+        try:
+            asked = await self._broker.request_cancel(run.id)
+        except Exception as exc:
+            log.warning("could not ask the other workers to cancel run %s: %r", run.id, exc)
+            return False
+        if not asked:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT_S
+        while loop.time() < deadline:
+            await asyncio.sleep(CANCEL_POLL_S)
+            current = await self.get_run(user_id=run.user_id, run_id=run.id)
+            if current.status != "running":
+                return True
+        return False
 
 
 async def end_run(session: AsyncSession, run: Run, *, error: RunError | None) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT_S = 2.0
 # How long the reader waits for an event before it looks for new (un)subscriptions.
 POLL_S = 0.05
+RETRY_S = 1.0
 
 
 class RedisBroker:
@@ -34,11 +36,15 @@ class RedisBroker:
         )
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._prefix = prefix
+        # "!" never appears in a user id, so this channel cannot be a user's.
+        self._cancel_channel = prefix + "!cancel"
+        self._on_cancel: Callable[[str], None] | None = None
         self._local = InProcessBroker()
         # (un)subscriptions for the reader task: it alone uses the pub/sub connection, because
         # a subscribe sent while another task waits on that connection wedges it.
         self._commands: asyncio.Queue[_Command] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._failing = False
 
     def _channel(self, user_id: str) -> str:
         return self._prefix + user_id
@@ -70,6 +76,16 @@ class RedisBroker:
     async def ping(self) -> None:
         await self._redis.ping()
 
+    async def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> None:
+        """Never fails: the reader subscribes to the cancel channel as soon as Redis answers,
+        so a worker started while Redis is down still hears cancels once it is back."""
+        self._on_cancel = on_cancel
+        self._start_reader()
+
+    async def request_cancel(self, run_id: str) -> bool:
+        await self._redis.publish(self._cancel_channel, run_id)
+        return True
+
     async def aclose(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
@@ -81,26 +97,50 @@ class RedisBroker:
     async def _ask(self, action: str, channel: str) -> None:
         done = asyncio.get_running_loop().create_future()
         self._commands.put_nowait(_Command(action, channel, done))
+        self._start_reader()
+        await done
+
+    def _start_reader(self) -> None:
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
-        await done
 
     async def _read(self) -> None:
         """Apply (un)subscriptions and hand every event to this process's subscriptions, until
-        shutdown. A lost connection is retried; redis-py subscribes again when it reconnects."""
+        shutdown. While Redis is unreachable it retries every second; redis-py subscribes to
+        the channels again when it reconnects."""
         while True:
-            if not self._pubsub.subscribed:
-                await self._apply(await self._commands.get())  # nothing to read until then
             while not self._commands.empty():
                 await self._apply(self._commands.get_nowait())
+            if self._on_cancel is not None and self._cancel_channel not in self._channels():
+                try:
+                    await self._pubsub.subscribe(self._cancel_channel)
+                except (RedisError, OSError) as exc:
+                    self._report(exc)
+            if not self._pubsub.subscribed:
+                # Nothing to read: wait for a command (and retry the cancel channel meanwhile).
+                with contextlib.suppress(TimeoutError):
+                    await self._apply(await asyncio.wait_for(self._commands.get(), RETRY_S))
+                continue
             try:
                 message = await self._pubsub.get_message(timeout=POLL_S)
             except (RedisError, OSError) as exc:
-                log.warning("reading events from Redis failed, retrying: %r", exc)
-                await asyncio.sleep(1.0)
+                self._report(exc)
+                await asyncio.sleep(RETRY_S)
                 continue
+            if self._failing:
+                log.info("reading events from Redis again")
+                self._failing = False
             if message is not None and message.get("type") == "message":
                 self._deliver(message["channel"].decode(), message["data"])
+
+    def _report(self, exc: BaseException) -> None:
+        """One warning when Redis goes away, not one a second while it stays away."""
+        if not self._failing:
+            log.warning("Redis is unreachable, retrying every %.0f s: %r", RETRY_S, exc)
+            self._failing = True
+
+    def _channels(self) -> set[str]:
+        return {c.decode() if isinstance(c, bytes) else str(c) for c in self._pubsub.channels}
 
     async def _apply(self, command: _Command) -> None:
         try:
@@ -114,6 +154,10 @@ class RedisBroker:
             command.done.set_result(None)
 
     def _deliver(self, channel: str, data: bytes) -> None:
+        if channel == self._cancel_channel:
+            if self._on_cancel is not None:
+                self._on_cancel(data.decode())
+            return
         try:
             frame = json.loads(data)
         except ValueError:

@@ -27,6 +27,12 @@ class RunRegistry:
         await asyncio.wait((task,))
         return True
 
+    def cancel_soon(self, run_id: str) -> None:
+        """Cancel the run's task if this process runs it (a cancel asked by another worker)."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+
     async def cancel_all(self) -> None:
         """At shutdown: every run ends ``cancelled`` rather than being left ``running``."""
         tasks = list(self._tasks.values())

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from src.container import AppContainer, shutdown
+from src.container import AppContainer, shutdown, startup
 from src.web.errors import EXCEPTION_HANDLERS
 from src.web.middleware import RequestScopeMiddleware
 from src.web.routes import ROUTES
@@ -18,6 +18,7 @@ from src.web.routes import ROUTES
 def create_app(container: AppContainer) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await startup(container)
         leak_watch = asyncio.create_task(container.scope_monitor().watch())
         try:
             yield
