@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import insert
 from starlette.types import ASGIApp
 
 from src.container import AppContainer
+from src.services.database.models import RunRow, utcnow
 
 
 def auth(container: AppContainer, user_id: str) -> dict[str, str]:
@@ -105,3 +112,30 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await running
+
+
+async def orphan_run(container: AppContainer, *, thread_id: str, user_id: str) -> str:
+    """A run left `running` by a process that died: in the database, run by no task."""
+    run_id = str(uuid.uuid4())
+    async with container.database().engine.begin() as conn:
+        await conn.execute(
+            insert(RunRow).values(
+                id=run_id, thread_id=thread_id, user_id=user_id, status="running",
+                created_at=utcnow(),
+            )
+        )  # fmt: skip
+    return run_id
+
+
+async def reachable_redis() -> str:
+    """The test Redis (``ISOCHAT_TEST_REDIS_URL``, default the local one); skips the test,
+    saying why, when it cannot be reached."""
+    url = os.environ.get("ISOCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    probe = Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await probe.ping()
+    except (RedisError, OSError) as exc:
+        pytest.skip(f"Redis is not reachable at {url}: {exc}")
+    finally:
+        await probe.aclose()
+    return url

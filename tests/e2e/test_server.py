@@ -18,10 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
+from tests.helpers import reachable_redis
 from tests.ws import open_socket
 
 pytestmark = pytest.mark.e2e
@@ -262,14 +261,7 @@ def test_two_workers_add_up_their_metrics_and_log_json_with_ids(tmp_path: Path) 
 async def test_two_workers_share_events_through_redis(tmp_path: Path) -> None:
     """With ISOCHAT_BROKER_URL=redis://..., a socket on one worker receives every run of its
     user, whichever worker ran it. Skipped when Redis cannot be reached."""
-    redis_url = os.environ.get("ISOCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    probe = Redis.from_url(redis_url, socket_connect_timeout=2)
-    try:
-        await probe.ping()
-    except (RedisError, OSError) as exc:
-        pytest.skip(f"Redis is not reachable at {redis_url}: {exc}")
-    finally:
-        await probe.aclose()
+    redis_url = await reachable_redis()
     runs = 8
     with running_server(tmp_path, ISOCHAT_WORKERS="2", ISOCHAT_BROKER_URL=redis_url) as server:
         limits = httpx.Limits(max_keepalive_connections=0)  # both workers take requests

@@ -8,7 +8,6 @@ channels of its own. Skipped, saying why, when Redis cannot be reached.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -17,34 +16,31 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from dependency_injector import providers
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy import insert
 
 from src.container import AppContainer, build_container, shutdown, startup
-from src.services.database.models import RunRow, utcnow
 from src.services.redis_broker import RedisBroker
 from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import install_chaos
-from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, serving, wait_for_run
+from tests.helpers import (
+    NO_LEAKS,
+    auth,
+    leaks,
+    new_thread,
+    orphan_run,
+    reachable_redis,
+    send,
+    serving,
+    wait_for_run,
+)
 from tests.ws import open_socket
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("ISOCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
 
 @pytest.fixture
 async def redis_url() -> str:
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    finally:
-        await client.aclose()
-    return REDIS_URL
+    return await reachable_redis()
 
 
 @pytest.fixture
@@ -136,14 +132,7 @@ async def test_a_run_nobody_executes_is_still_cancelled(
     the database after the wait."""
     headers = auth(worker_a, "alice")
     thread_id = await new_thread(client, headers)
-    run_id = str(uuid.uuid4())
-    async with worker_a.database().engine.begin() as conn:
-        await conn.execute(
-            insert(RunRow).values(
-                id=run_id, thread_id=thread_id, user_id="alice", status="running",
-                created_at=utcnow(),
-            )
-        )  # fmt: skip
+    run_id = await orphan_run(worker_a, thread_id=thread_id, user_id="alice")
     response = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     assert response.json()["run"]["status"] == "cancelled"
     events = (await client.get(f"/api/runs/{run_id}/events", headers=headers)).json()["events"]
@@ -170,13 +159,6 @@ async def test_without_redis_runs_complete_and_readiness_names_the_broker(
     assert ready.json()["checks"]["broker"] == "unavailable"
     # A cancel cannot be asked of the other workers: the run is ended in the database.
     thread_id = await new_thread(client, headers)
-    run_id = str(uuid.uuid4())
-    async with container.database().engine.begin() as conn:
-        await conn.execute(
-            insert(RunRow).values(
-                id=run_id, thread_id=thread_id, user_id="alice", status="running",
-                created_at=utcnow(),
-            )
-        )  # fmt: skip
+    run_id = await orphan_run(container, thread_id=thread_id, user_id="alice")
     cancelled = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     assert cancelled.json()["run"]["status"] == "cancelled"
