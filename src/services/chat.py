@@ -199,11 +199,14 @@ class ChatService:
         return run
 
     async def list_events(self, *, user_id: str, run_id: str, after: int) -> list[Event]:
-        await self.get_run(user_id=user_id, run_id=run_id)
-        return await atomic(
-            self._session,
-            lambda s: repo.list_events(s, run_id=run_id, user_id=user_id, after=after),
-        )
+        async def read(session: AsyncSession) -> list[Event]:
+            if await repo.get_run(session, run_id=run_id, user_id=user_id) is None:
+                raise NotFound("run not found")
+            return await repo.list_events(session, run_id=run_id, user_id=user_id, after=after)
+
+        if not is_uuid(run_id):
+            raise NotFound("run not found")
+        return await atomic(self._session, read)
 
     async def cancel_run(self, *, user_id: str, run_id: str) -> Run:
         run = await self.get_run(user_id=user_id, run_id=run_id)
