@@ -39,6 +39,7 @@ class RedisBroker:
         # "!" never appears in a user id, so this channel cannot be a user's.
         self._cancel_channel = prefix + "!cancel"
         self._on_cancel: Callable[[str], None] | None = None
+        self._hearing_cancels = False
         self._local = InProcessBroker()
         # (un)subscriptions for the reader task: it alone uses the pub/sub connection, because
         # a subscribe sent while another task waits on that connection wedges it.
@@ -111,9 +112,11 @@ class RedisBroker:
         while True:
             while not self._commands.empty():
                 await self._apply(self._commands.get_nowait())
-            if self._on_cancel is not None and self._cancel_channel not in self._channels():
+            if self._on_cancel is not None and not self._hearing_cancels:
                 try:
                     await self._pubsub.subscribe(self._cancel_channel)
+                    # Once is enough: redis-py subscribes again by itself after a reconnect.
+                    self._hearing_cancels = True
                 except (RedisError, OSError) as exc:
                     self._report(exc)
             if not self._pubsub.subscribed:
@@ -138,9 +141,6 @@ class RedisBroker:
         if not self._failing:
             log.warning("Redis is unreachable, retrying every %.0f s: %r", RETRY_S, exc)
             self._failing = True
-
-    def _channels(self) -> set[str]:
-        return {c.decode() if isinstance(c, bytes) else str(c) for c in self._pubsub.channels}
 
     async def _apply(self, command: _Command) -> None:
         try:
