@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     max_ws_connections_per_user: int = Field(default=8, ge=1)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    # Every database step a run cannot be interrupted in (a transaction, closing a session) and
+    # every statement gives up after this long, so a hung database can never hang a run forever.
+    db_timeout_s: float = Field(default=5.0, gt=0)
+    # A serving process renews the lease of each of its running runs; a run whose lease is this
+    # old (its process died or lost the database) is ended `interrupted` by any live process.
+    run_lease_s: float = Field(default=15.0, ge=1)
+    # On SIGTERM / Ctrl-C: how long runs in flight may go on before they are ended `cancelled`.
+    shutdown_timeout_s: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")
     def _production_needs_a_real_secret(self) -> Settings:
@@ -83,6 +91,15 @@ class Settings(BaseSettings):
         if not self.broker_url.startswith(("memory://", "redis://", "rediss://")):
             raise ValueError(
                 "ISOCHAT_BROKER_URL must be memory:// (one process) or redis://host:port/db"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_a_shared_broker(self) -> Settings:
+        if self.workers > 1 and self.broker_kind == "memory":
+            raise ValueError(
+                f"ISOCHAT_WORKERS={self.workers} needs ISOCHAT_BROKER_URL=redis://host:port/db: "
+                "with memory:// events and cancels never reach the other workers"
             )
         return self
 

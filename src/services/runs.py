@@ -1,4 +1,5 @@
-"""The runs this process is executing right now, so a cancel can reach their tasks."""
+"""The runs this process is executing right now, so a cancel can reach their tasks, their leases
+can be renewed, and shutdown can end them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,28 @@ from typing import Any
 class RunRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        # Tasks that own the request scope of a run that outlives the connection that started
+        # it (a socket closed for falling behind, ``on_disconnect: continue``): held here so
+        # they are neither garbage-collected nor forgotten at shutdown.
+        self._adopted: set[asyncio.Task[Any]] = set()
 
     def add(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self._tasks[run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
 
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` alive until it ends by itself (or shutdown cancels it)."""
+        if task.done():
+            return
+        self._adopted.add(task)
+        task.add_done_callback(self._adopted.discard)
+
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def run_ids(self) -> list[str]:
+        """The runs executing in this process now: the ones whose leases it renews."""
+        return list(self._tasks)
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel the run's task and wait until it has recorded its end; False if the run is
@@ -33,10 +49,16 @@ class RunRegistry:
         if task is not None:
             task.cancel()
 
-    async def cancel_all(self) -> None:
-        """At shutdown: every run ends ``cancelled`` rather than being left ``running``."""
-        tasks = list(self._tasks.values())
+    async def cancel_all(self, *, timeout_s: float | None = None) -> int:
+        """At shutdown: every run ends ``cancelled`` rather than being left ``running``.
+
+        Waits at most ``timeout_s`` for the runs to record their end; returns how many had not
+        by then (their leases expire and another process, or the next start, ends them).
+        """
+        tasks = [*self._tasks.values(), *self._adopted]
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        return len(pending)
