@@ -1,27 +1,44 @@
-"""The alembic migrations build the schema that ``models.py`` describes, and can be undone."""
+"""The alembic migrations build the schema that ``models.py`` describes, can be undone, and
+can be started by several processes at once.
+
+The PostgreSQL tests need a server (``ISOCHAT_TEST_POSTGRES_URL``, as in test_postgres.py); each
+creates and drops a database of its own, and they are skipped, saying why, without one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import fcntl
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from src.services.database.engine import create_engine
 from src.services.database.migrations import (
+    MIGRATION_LOCK_KEY,
+    MigrationLockTimeout,
     alembic_config,
     current_revision_is_head,
+    postgres_advisory_lock,
+    sqlite_database_file,
+    sqlite_file_lock,
+    sqlite_lock_file,
     upgrade_to_head,
 )
 from src.services.database.models import Base
+from tests.integration.test_postgres import ADMIN_URL
 
 APP_TABLES = {"threads", "messages", "runs", "run_events"}
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -122,5 +139,219 @@ async def test_current_revision_is_head(async_url: str) -> None:
         assert await current_revision_is_head(engine)
         await asyncio.to_thread(command.downgrade, alembic_config(async_url), "base")
         assert not await current_revision_is_head(engine)
+    finally:
+        await engine.dispose()
+
+
+# --- Concurrent starts ----------------------------------------------------------------------
+
+# As many hosts as a small deployment starts at once; more only makes the test slower.
+PROCESSES = 4
+# What a host does before serving (`isochat serve` and `isochat migrate` call upgrade_to_head),
+# minus the rest of the application. It says when it is ready, then waits for the word to go:
+# the processes then race from one instant instead of from staggered interpreter start-ups.
+HOST = """
+import sys
+from src.services.database.migrations import upgrade_to_head
+print("ready", flush=True)
+sys.stdin.read()
+upgrade_to_head(sys.argv[1])
+"""
+
+
+async def migrate_all_at_once(database_url: str, cwd: Path) -> None:
+    """``upgrade_to_head`` in PROCESSES processes let go at the same moment; each must succeed."""
+    # Only the database comes from the test: no operator setting of the machine running it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISOCHAT_")}
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            HOST,
+            database_url,
+            cwd=cwd,  # away from any .env of the checkout
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(PROCESSES)
+    ]
+    ready = [await p.stdout.readline() for p in processes if p.stdout is not None]
+    for p in processes:
+        if p.stdin is not None:
+            p.stdin.close()  # go (an empty line if the process died first: reported below)
+    outputs = await asyncio.gather(*(p.communicate() for p in processes))
+    failures = [
+        f"exit {p.returncode}:\n{err.decode(errors='replace')}"
+        for p, (_, err) in zip(processes, outputs, strict=True)
+        if p.returncode != 0
+    ]
+    assert failures == [], "\n---\n".join(failures)
+    assert ready == [b"ready\n"] * PROCESSES
+
+
+async def assert_at_head(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        assert await current_revision_is_head(engine)
+        async with engine.connect() as conn:
+            versions = (await conn.execute(sa.text("SELECT * FROM alembic_version"))).all()
+            tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+    assert len(versions) == 1  # one line of history, not one per process
+    assert tables >= APP_TABLES
+
+
+async def test_concurrent_migrations_of_an_empty_sqlite_file_all_reach_head(
+    tmp_path: Path, async_url: str
+) -> None:
+    await migrate_all_at_once(async_url, tmp_path)
+    await assert_at_head(async_url)
+
+
+def test_sqlite_migration_waits_for_the_lock_and_names_it_when_giving_up(
+    async_url: str, db_path: Path
+) -> None:
+    """While another process holds the file lock, a migration neither reads nor writes the
+    database; it gives up after its bound, naming the lock file."""
+    cfg = alembic_config(async_url)
+    cfg.attributes["migration_lock_timeout_s"] = 0.2
+    with sqlite_file_lock(db_path) as lock_path:
+        with pytest.raises(MigrationLockTimeout, match=str(lock_path)):
+            command.upgrade(cfg, "head")
+        assert not db_path.exists()
+    assert lock_path == sqlite_lock_file(db_path) == db_path.with_name("x.db.migrate.lock")
+    upgrade_to_head(async_url)  # released: the next migration goes ahead
+
+
+def test_sqlite_file_lock_is_released_on_error(db_path: Path) -> None:
+    with pytest.raises(RuntimeError), sqlite_file_lock(db_path):
+        raise RuntimeError("the migration failed")
+    fd = os.open(sqlite_lock_file(db_path), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite+aiosqlite:///var/x.db", Path("var/x.db")),
+        ("sqlite+aiosqlite:////abs/x.db", Path("/abs/x.db")),
+        ("sqlite+aiosqlite:///file:var/x.db?uri=true", Path("var/x.db")),
+        ("sqlite+aiosqlite:///file:x?mode=memory&cache=shared&uri=true", None),
+        ("sqlite+aiosqlite:///:memory:", None),
+        ("sqlite+aiosqlite://", None),
+        ("postgresql+asyncpg://u@h/db", None),
+    ],
+)
+def test_only_sqlite_files_are_file_locked(url: str, expected: Path | None) -> None:
+    assert sqlite_database_file(url) == expected
+
+
+def test_in_memory_sqlite_migrates_without_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a lock file named after ":memory:" would appear
+    upgrade_to_head("sqlite+aiosqlite:///:memory:")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    try:
+        admin = await asyncpg.connect(ADMIN_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}")
+    name = f"isochat_mig_{uuid.uuid4().hex}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def asyncpg_url(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.mark.postgres
+async def test_concurrent_migrations_of_an_empty_postgres_database_all_reach_head(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    await migrate_all_at_once(postgres_url, tmp_path)
+    await assert_at_head(postgres_url)
+
+
+# How pg_locks shows a bigint advisory key: its high and low 32 bits as (unsigned) oids.
+PG_LOCKS_KEY = (
+    (MIGRATION_LOCK_KEY & 0xFFFF_FFFF_FFFF_FFFF) >> 32,
+    MIGRATION_LOCK_KEY & 0xFFFF_FFFF,
+)
+WAITING_FOR_THE_LOCK = """
+    SELECT count(*) FROM pg_locks
+    WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+      AND classid::bigint = $1 AND objid::bigint = $2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+@pytest.mark.postgres
+async def test_postgres_migration_waits_for_the_advisory_lock(postgres_url: str) -> None:
+    """While another session holds the lock, a migration waits before reading the revision;
+    once it is released, the migration runs."""
+    holder = await asyncpg.connect(asyncpg_url(postgres_url))
+    migrating: asyncio.Task[None] | None = None
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        migrating = asyncio.create_task(asyncio.to_thread(upgrade_to_head, postgres_url))
+        # Wait for the migration to queue behind the lock (an event, not a guess at a delay);
+        # the deadline only turns a lock that is never waited for into a failure.
+        async with asyncio.timeout(30):
+            while not await holder.fetchval(WAITING_FOR_THE_LOCK, *PG_LOCKS_KEY):
+                assert not migrating.done(), migrating.result()
+                await asyncio.sleep(0.01)
+        assert await holder.fetchval("SELECT to_regclass('alembic_version')") is None
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        # On failure too: the lock is dropped, and the migration ends before its database.
+        await holder.close()
+        if migrating is not None:
+            await asyncio.wait([migrating])
+    assert migrating is not None
+    migrating.result()
+    await assert_at_head(postgres_url)
+
+
+@pytest.mark.postgres
+async def test_postgres_advisory_lock_is_released_when_the_migration_fails(
+    postgres_url: str,
+) -> None:
+    """A failed statement aborts the transaction; the lock is released all the same, and the
+    connection is usable afterwards (no transaction left open)."""
+
+    def fail_while_locked(conn: sa.Connection) -> tuple[bool, int]:
+        with pytest.raises(ProgrammingError), postgres_advisory_lock(conn):
+            conn.execute(sa.text("SELECT * FROM no_such_table"))
+        left_open = conn.in_transaction()
+        held = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+        ).scalar_one()
+        conn.rollback()
+        return left_open, held
+
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(fail_while_locked) == (False, 0)
     finally:
         await engine.dispose()
