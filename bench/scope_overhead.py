@@ -47,6 +47,7 @@ from src.services.broker import EventBroker
 from src.services.chat import ChatService
 from src.services.database.engine import Database
 from src.services.events import EventEmitter
+from src.services.leases import Lease
 from src.services.llm import LLM
 from src.services.metrics import Metrics
 from src.services.runs import RunRegistry
@@ -83,6 +84,7 @@ class AppObjects:
     llm: LLM
     broker: EventBroker
     runs: RunRegistry
+    lease: Lease
 
     @classmethod
     def of(cls, container: AppContainer) -> AppObjects:
@@ -93,6 +95,7 @@ class AppObjects:
             llm=container.llm(),
             broker=container.broker(),
             runs=container.runs(),
+            lease=container.lease(),
         )
 
 
@@ -168,6 +171,7 @@ def chat_service(objects: RequestObjects) -> ChatService:
     return ChatService(
         session=objects.session,
         runs=app.runs,
+        lease=app.lease,
         agents_for=objects.agents_for(),
         metrics=app.metrics,
         broker=app.broker,
@@ -205,6 +209,7 @@ class BenchProvider(Provider):
     llm = from_context(provides=LLM, scope=Scope.APP)
     broker = from_context(provides=EventBroker, scope=Scope.APP)
     runs = from_context(provides=RunRegistry, scope=Scope.APP)
+    lease = from_context(provides=Lease, scope=Scope.APP)
     app = from_context(provides=AppObjects, scope=Scope.APP)
     run_context = from_context(provides=RunContext, scope=Scope.REQUEST)
 
@@ -218,9 +223,9 @@ class BenchProvider(Provider):
 
     @provide(scope=Scope.REQUEST)
     def emitter(
-        self, context: RunContext, session: AsyncSession, broker: EventBroker
+        self, context: RunContext, database: Database, broker: EventBroker, lease: Lease
     ) -> EventEmitter:
-        return EventEmitter(context=context, session=session, broker=broker)
+        return EventEmitter(context=context, database=database, broker=broker, lease=lease)
 
     @provide(scope=Scope.REQUEST)
     def objects(
@@ -276,10 +281,12 @@ class BenchProvider(Provider):
         agents_for: BoundRunAgents,
         metrics: Metrics,
         broker: EventBroker,
+        lease: Lease,
     ) -> ChatService:
         return ChatService(
             session=session,
             runs=runs,
+            lease=lease,
             agents_for=agents_for,
             metrics=metrics,
             broker=broker,
@@ -312,6 +319,7 @@ def make_dishka_container(app: AppObjects) -> AsyncContainer:
             LLM: app.llm,
             EventBroker: app.broker,
             RunRegistry: app.runs,
+            Lease: app.lease,
             AppObjects: app,
         },
     )
@@ -333,7 +341,9 @@ def manual_iteration(app: AppObjects) -> Iteration:
     async def iteration() -> None:
         session = app.database.open_session()
         try:
-            emitter = EventEmitter(context=RUN_CONTEXT, session=session, broker=app.broker)
+            emitter = EventEmitter(
+                context=RUN_CONTEXT, database=app.database, broker=app.broker, lease=app.lease
+            )
             objects = RequestObjects(app, RUN_CONTEXT, session, emitter)
             resolved = [
                 session,

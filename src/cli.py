@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import logging.config
 import os
@@ -14,12 +13,9 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.logs import logging_config
 from src.services.auth import TokenService
-from src.services.chat import close_interrupted_runs
-from src.services.database.engine import create_engine
 from src.services.database.migrations import upgrade_to_head
 from src.settings import Settings
 
@@ -55,21 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     upgrade_to_head(settings.database_url)
     if args.command == "serve":
-        closed = asyncio.run(_close_interrupted_runs(settings))
-        if closed:
-            log.warning("closed %d run(s) left running by a stopped server as interrupted", closed)
+        # Runs a stopped server left `running` are ended by each worker's lease sweep once
+        # their leases expire; live runs of other hosts are never touched.
         serve(settings, log_config=log_config)
     return 0
-
-
-async def _close_interrupted_runs(settings: Settings) -> int:
-    """Before any worker starts, so no live run can be mistaken for an interrupted one."""
-    engine = create_engine(settings.database_url)
-    try:
-        async with AsyncSession(engine, expire_on_commit=False) as session:
-            return await close_interrupted_runs(session)
-    finally:
-        await engine.dispose()
 
 
 def serve(settings: Settings, *, log_config: dict[str, Any]) -> None:
@@ -84,6 +69,9 @@ def serve(settings: Settings, *, log_config: dict[str, Any]) -> None:
         log_config=log_config,
         access_log=False,  # isochat logs each request itself, with its request id
         lifespan="on",
+        # On SIGTERM / Ctrl-C, requests in flight get this long; then their runs are cancelled
+        # (stored as such). A second Ctrl-C exits at once.
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import insert
 from starlette.types import ASGIApp
 
 from src.container import AppContainer
-from src.services.database.models import RunRow, utcnow
+from src.services.database.models import RunEventRow, RunRow, utcnow
 
 
 def auth(container: AppContainer, user_id: str) -> dict[str, str]:
@@ -114,16 +114,25 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
         await running
 
 
-async def orphan_run(container: AppContainer, *, thread_id: str, user_id: str) -> str:
-    """A run left `running` by a process that died: in the database, run by no task."""
+async def orphan_run(
+    container: AppContainer, *, thread_id: str, user_id: str, events: int = 0
+) -> str:
+    """A run left `running` by a process that died: in the database with ``events`` stored
+    events (``run_started``) and no lease, run by no task."""
     run_id = str(uuid.uuid4())
     async with container.database().engine.begin() as conn:
         await conn.execute(
             insert(RunRow).values(
                 id=run_id, thread_id=thread_id, user_id=user_id, status="running",
-                created_at=utcnow(),
+                created_at=utcnow(), last_seq=events,
             )
         )  # fmt: skip
+        for seq in range(1, events + 1):
+            await conn.execute(
+                insert(RunEventRow).values(
+                    run_id=run_id, seq=seq, type="run_started", data="{}", ts=utcnow()
+                )
+            )
     return run_id
 
 

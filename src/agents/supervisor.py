@@ -16,7 +16,8 @@ from src.agents.context import RunContext
 from src.agents.tools import ToolError
 from src.agents.triage import FALLBACK_ROUTE
 from src.logs import log_failure
-from src.services.domain import Message, RunError, RunStatus
+from src.services.database.engine import DATABASE_UNAVAILABLE, DatabaseTimeout
+from src.services.domain import Message, RunError
 from src.services.events import EventEmitter, RunAlreadyFinished
 from src.services.llm import LLMError, LLMTimeout
 
@@ -47,41 +48,47 @@ class Supervisor:
         self._run_timeout_s = run_timeout_s
         self._metrics = metrics
         self._at_work: str | None = None  # the agent working now, named in failure metrics
+        self._failed_in: str | None = None
+        self._deadline: asyncio.Timeout | None = None
 
     async def run(self, content: str) -> Message | None:
         """Run the agents on ``content`` to one terminal state; the assistant's message when the
-        run completed. Re-raises a cancellation after recording it, as asyncio expects."""
+        run completed. Re-raises a cancellation after recording it, as asyncio expects.
+
+        The run is counted in the metrics once its terminal write has committed, and only by
+        the writer that ended it: a run ended elsewhere (a cancel from another process, the
+        lease sweep) is counted there."""
         started = time.perf_counter()
         log.info("run started")
-        # Stays None when the run ended elsewhere (and was counted there).
-        ended: RunStatus | None = None
         message = None
+        failure: RunError | None = None
         try:
             message = await self._run(content)
-            ended = "completed"
         except asyncio.CancelledError:
-            if await self._end(self._emitter.cancel()):
-                ended = "cancelled"
+            await self._end(self._emitter.cancel())
             raise
         except RunAlreadyFinished:
             log.info("run %s ended elsewhere while its agents worked", self._context.run_id)
         except Exception as exc:
-            error = self._describe(exc)
-            self._metrics.agent_failed(agent=self._at_work or "supervisor", code=error.code)
-            if await self._end(self._emitter.fail(error)):
-                ended = "failed"
+            failure = self._describe(exc)
+            await self._end(self._emitter.fail(failure))
         finally:
             seconds = time.perf_counter() - started
+            ended = self._emitter.final_status
             if ended is not None:
                 self._metrics.run_ended(status=ended, seconds=seconds)
+                if ended == "failed" and failure is not None:
+                    self._metrics.agent_failed(
+                        agent=self._failed_in or "supervisor", code=failure.code
+                    )
             log.info("run ended %s in %.3f s", ended or "elsewhere", seconds)
         return message
 
     async def _run(self, content: str) -> Message:
-        async with asyncio.timeout(self._run_timeout_s):
+        async with asyncio.timeout(self._run_timeout_s) as self._deadline:
             await self._emitter.emit("run_started", data={"request_id": self._context.request_id})
             route = await self._work(self._triage, content)
-            await self._emitter.set_route(route)
+            self._emitter.set_route(route)
             make_specialist = self._specialists.get(route) or self._specialists[FALLBACK_ROUTE]
             answer = await self._work(make_specialist(), content)
         self._at_work = None
@@ -93,19 +100,25 @@ class Supervisor:
         self._at_work = None
         return result
 
-    async def _end(self, write_final: Awaitable[None]) -> bool:
-        """Write the terminal state; False when the run had already ended (e.g. cancelled by
-        another worker), which then owns the one final event."""
+    async def _end(self, write_final: Awaitable[None]) -> None:
+        """Write the terminal state. Nothing to do when the run had already ended (another
+        process owns its one final event); when the database stays away past the terminal
+        write's retries, the lease sweep ends the run once it is back."""
         try:
             await write_final
         except RunAlreadyFinished:
             log.info("run %s had already ended elsewhere", self._context.run_id)
-            return False
-        return True
+        except DATABASE_UNAVAILABLE as exc:
+            log_failure(
+                log,
+                "the end of run %s could not be written; the lease sweep will end it",
+                self._context.run_id,
+                exc=exc,
+            )
 
     def _describe(self, exc: Exception) -> RunError:
-        agent = self._at_work
-        if isinstance(exc, TimeoutError):
+        agent = self._failed_in = self._at_work
+        if self._deadline is not None and self._deadline.expired():
             return RunError("timeout", f"the run took longer than {self._run_timeout_s:g} s")
         if isinstance(exc, LLMTimeout):
             return RunError("timeout", str(exc) or "the language model did not answer in time")
@@ -113,7 +126,7 @@ class Supervisor:
             return RunError("llm_error", str(exc) or "the language model failed")
         if isinstance(exc, ToolError):
             return RunError("tool_error", str(exc))
-        if isinstance(exc, SQLAlchemyError):
+        if isinstance(exc, SQLAlchemyError | DatabaseTimeout):
             log_failure(log, "database error in run %s", self._context.run_id, exc=exc)
             return RunError("database_error", "the database failed during the run")
         log_failure(

@@ -9,22 +9,22 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
 from src.logs import bind, log_failure
+from src.services import ledger
 from src.services.broker import EventBroker
 from src.services.database import repositories as repo
 from src.services.database.engine import atomic
 from src.services.database.models import utcnow
-from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
-from src.services.errors import Conflict, NotFound, RateLimited, RunInProgress
+from src.services.domain import Event, Message, Run, RunError, Thread
+from src.services.errors import Conflict, NotFound
+from src.services.leases import Lease
 from src.services.runs import RunRegistry
 from src.settings import Settings
 
 DEFAULT_TITLE = "New chat"
-INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
 # How long a cancel waits for another worker to end the run before ending it in the database.
 CANCEL_WAIT_S = 3.0
 CANCEL_POLL_S = 0.05
@@ -60,9 +60,11 @@ class ChatService:
         agents_for: Callable[[RunContext], RunsAgents],
         metrics: RunMetrics,
         broker: EventBroker,
+        lease: Lease,
         settings: Settings,
     ) -> None:
         self._broker = broker
+        self._lease = lease
         self._session = session
         self._runs = runs
         self._agents_for = agents_for
@@ -114,9 +116,19 @@ class ChatService:
         self, *, user_id: str, thread_id: str, content: str, request_id: str | None
     ) -> tuple[Run, Message | None]:
         """Store the message, run the agents to the end, and report the run and its answer."""
-        run = await self._start_run(
-            user_id=user_id, thread_id=thread_id, content=content, request_id=request_id
-        )
+        run_id = str(uuid.uuid4())
+        self._runs.starting(run_id)
+        try:
+            run = await self._start_run(
+                run_id=run_id,
+                user_id=user_id,
+                thread_id=thread_id,
+                content=content,
+                request_id=request_id,
+            )
+        except BaseException:
+            self._runs.not_started(run_id)
+            raise
         context = RunContext(
             run_id=run.id, thread_id=thread_id, user_id=user_id, request_id=request_id
         )
@@ -126,8 +138,8 @@ class ChatService:
         except Exception as exc:
             # The run exists: it must still end, or its thread would stay locked.
             log_failure(log, "the agents of run %s could not be built", run.id, exc=exc)
-            await atomic(self._session, lambda s: end_run(s, run, error=NOT_STARTED))
-            self._metrics.run_ended(status="failed", seconds=0.0)
+            self._runs.not_started(run_id)
+            await self._end_here(run, error=NOT_STARTED)
             return await self.get_run(user_id=user_id, run_id=run.id), None
         # Its own task, so that a cancel (POST /api/runs/{id}/cancel) reaches exactly this run.
         task = asyncio.create_task(agents.run(content))
@@ -139,10 +151,17 @@ class ChatService:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # this request itself is being cancelled, not only its run
-        return await self.get_run(user_id=user_id, run_id=run.id), message
+        ended = await self.get_run(user_id=user_id, run_id=run.id)
+        if message is None and ended.status == "completed":
+            # It completed although its task saw a cancel that arrived too late: the stored
+            # answer is the answer.
+            message = await atomic(
+                self._session, lambda s: repo.assistant_message(s, run_id=run.id)
+            )
+        return ended, message
 
     async def _start_run(
-        self, *, user_id: str, thread_id: str, content: str, request_id: str | None
+        self, *, run_id: str, user_id: str, thread_id: str, content: str, request_id: str | None
     ) -> Run:
         """One transaction: check the owner, store the message, create the run ``running``.
 
@@ -150,7 +169,7 @@ class ChatService:
         """
         now = utcnow()
         run = Run(
-            id=str(uuid.uuid4()),
+            id=run_id,
             thread_id=thread_id,
             user_id=user_id,
             status="running",
@@ -169,19 +188,15 @@ class ChatService:
         )
 
         async def write(session: AsyncSession) -> None:
-            if await repo.get_thread(session, thread_id=thread_id, user_id=user_id) is None:
-                raise NotFound("thread not found")
-            # Counted by the database, so the limit holds across workers too.
-            if await repo.count_running_runs(session, user_id=user_id) >= self._max_running:
-                raise RateLimited(
-                    f"at most {self._max_running} runs may be in progress at once",
-                    retry_after_s=1,
-                )
-            await repo.add_message(session, message)
-            try:
-                await repo.add_run(session, run, request_id=request_id)
-            except IntegrityError:  # the one-running-run-per-thread index refused it
-                raise RunInProgress("another run of this thread is still running") from None
+            await ledger.start(
+                session,
+                run=run,
+                message=message,
+                owner_id=self._lease.owner_id,
+                lease_until=self._lease.until(now),
+                request_id=request_id,
+                max_running_per_user=self._max_running,
+            )
 
         if not is_uuid(thread_id):
             raise NotFound("thread not found")
@@ -209,18 +224,49 @@ class ChatService:
         return await atomic(self._session, read)
 
     async def cancel_run(self, *, user_id: str, run_id: str) -> Run:
+        """Cancel a running run and answer once its end is recorded. A run that ended first
+        (also one that completed while the cancel was on its way) is a ``Conflict`` that
+        carries the run as it ended."""
         run = await self.get_run(user_id=user_id, run_id=run_id)
         if run.status != "running":
-            raise Conflict(f"the run has already ended ({run.status})")
+            raise Conflict(f"the run has already ended ({run.status})", run=run.to_json())
         if not await self._runs.cancel(run_id) and not await self._cancelled_elsewhere(run):
-            # No live task anywhere ended it: a dead process's run. Ending it in the database
-            # is safe even if one is still alive: whichever writer ends it first wins.
-            await atomic(self._session, lambda s: end_run(s, run, error=None))
-            self._metrics.run_ended(status="cancelled", seconds=0.0)
+            # No live process ended it: one whose lease expired may be ended from here;
+            # one whose owner is alive is never touched (it ends when its owner hears).
+            await self._end_here(run, error=None, only_if_lease_expired=True)
         run = await self.get_run(user_id=user_id, run_id=run_id)
-        if run.status == "running":  # pragma: no cover - the task wrote nothing on its way out
-            raise Conflict("the run could not be cancelled")
+        if run.status not in ("running", "cancelled"):
+            raise Conflict(f"the run has already ended ({run.status})", run=run.to_json())
         return run
+
+    async def _end_here(
+        self, run: Run, *, error: RunError | None, only_if_lease_expired: bool = False
+    ) -> None:
+        """End a run that no task of this process executes; counted if this wrote its end."""
+        now = utcnow()
+
+        async def write(session: AsyncSession) -> Event | None:
+            return await ledger.finish(
+                session,
+                run_id=run.id,
+                thread_id=run.thread_id,
+                error=error,
+                cancelled=error is None,
+                ts=now,
+                lease_expired_before=now if only_if_lease_expired else None,
+            )
+
+        final = await atomic(self._session, write)
+        if final is None:
+            return
+        self._metrics.run_ended(
+            status="cancelled" if error is None else "failed",
+            seconds=(now - run.created_at).total_seconds(),
+        )
+        try:
+            await self._broker.publish(run.user_id, final)
+        except Exception as exc:  # stored: replayable
+            log.warning("publishing the end of run %s failed: %r", run.id, exc)
 
     async def _cancelled_elsewhere(self, run: Run) -> bool:
         """Ask the other workers to cancel ``run``; True once the worker running it has
@@ -240,44 +286,3 @@ class ChatService:
             if current.status != "running":
                 return True
         return False
-
-
-async def end_run(session: AsyncSession, run: Run, *, error: RunError | None) -> bool:
-    """End a run that no live task owns: ``cancelled`` when ``error`` is None, else ``failed``,
-    with its final event numbered after those already stored. False if it had already ended."""
-    now = utcnow()
-    status: RunStatus = "cancelled" if error is None else "failed"
-    if not await repo.finish_run(
-        session, run_id=run.id, status=status, error=error, finished_at=now
-    ):
-        return False
-    final_type, data = (
-        ("run_cancelled", {}) if error is None else ("run_failed", {"error": error.to_json()})
-    )
-    seq = await repo.last_seq(session, run_id=run.id) + 1
-    await repo.add_event(
-        session,
-        Event(
-            type=final_type,
-            run_id=run.id,
-            thread_id=run.thread_id,
-            seq=seq,
-            ts=now,
-            agent=None,
-            data=data,
-        ),
-    )
-    return True
-
-
-async def close_interrupted_runs(session: AsyncSession) -> int:
-    """At start-up: runs a dead process left ``running`` end ``failed`` (``interrupted``), so
-    no thread stays locked. Returns how many were closed."""
-
-    async def close(s: AsyncSession) -> int:
-        closed = 0
-        for run in await repo.running_runs(s):
-            closed += await end_run(s, run, error=INTERRUPTED)
-        return closed
-
-    return await atomic(session, close)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ChatError(Exception):
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
+        # Extra fields of the error body, beside code and message (e.g. the run a 409 is about).
+        self.details = details
 
 
 class NotFound(ChatError):

@@ -1,80 +1,84 @@
-"""A run's event emitter: stores each event (seq 1..n) in its own short transaction, then
-publishes it to the run's owner. It also writes the run's one terminal transaction, because the
-final event must be stored together with the run's terminal state."""
+"""A run's event emitter: appends each event to the run ledger (seq 1..n, each in its own short
+transaction) and publishes it to the run's owner. It also writes the run's one terminal
+transaction, because the final event is stored together with the run's terminal state.
+
+The terminal write is the one write that must happen while the process lives: when the database
+is locked or its connection is lost, it is retried with backoff, each time on a fresh pooled
+connection, for up to a lease. If the database stays away longer, the run is left to the lease
+sweep, which ends it once the database is back (see ``src/services/leases.py``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from src.agents.context import RunContext
 from src.aio import uninterrupted
+from src.services import ledger
 from src.services.broker import EventBroker
-from src.services.database import repositories as repo
-from src.services.database.engine import atomic, transaction
+from src.services.database.engine import DATABASE_UNAVAILABLE, Database
 from src.services.database.models import utcnow
 from src.services.domain import Event, Message, RunError, RunStatus
+from src.services.leases import Lease
+from src.services.ledger import RunAlreadyFinished
 
 log = logging.getLogger(__name__)
 
+FIRST_RETRY_S = 0.1
+MAX_RETRY_S = 2.0
 
-class RunAlreadyFinished(Exception):
-    """The run reached a terminal state elsewhere (a cancel from another worker) first."""
+__all__ = ["EventEmitter", "RunAlreadyFinished"]
 
 
 class EventEmitter:
-    def __init__(self, *, context: RunContext, session: AsyncSession, broker: EventBroker) -> None:
+    def __init__(
+        self, *, context: RunContext, database: Database, broker: EventBroker, lease: Lease
+    ) -> None:
         self._context = context
-        self._session = session
+        self._database = database
         self._broker = broker
-        self._seq = 0
+        self._lease = lease
+        self._route: str | None = None  # stored with the next write: no transaction of its own
         self.finished = False
-
-    def _event(self, type_: str, agent: str | None, data: dict[str, Any]) -> Event:
-        ctx = self._context
-        return Event(
-            type=type_,
-            run_id=ctx.run_id,
-            thread_id=ctx.thread_id,
-            seq=self._seq + 1,
-            ts=utcnow(),
-            agent=agent,
-            data=data,
-        )
+        # Set once this emitter's terminal write has committed: what the run ended as.
+        self.final_status: RunStatus | None = None
 
     async def emit(
         self, type_: str, *, agent: str | None = None, data: dict[str, Any] | None = None
     ) -> Event:
         if self.finished:
             raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
-        event = self._event(type_, agent, data or {})
+        ctx, route, now = self._context, self._route, utcnow()
 
-        async def store(session: AsyncSession) -> None:
-            await repo.add_event(session, event)
+        async def append(conn: AsyncConnection) -> Event:
+            return await ledger.append(
+                conn,
+                run_id=ctx.run_id,
+                thread_id=ctx.thread_id,
+                type_=type_,
+                agent=agent,
+                data=data or {},
+                ts=now,
+                lease_until=self._lease.until(now),
+                route=route,
+            )
 
-        await uninterrupted(self._record(event, store))
+        # Stored and published as one step a cancellation cannot split: one stored but not
+        # published would be missing from the live stream.
+        event = await uninterrupted(self._record(append))
+        if route is not None and self._route == route:
+            self._route = None
         return event
 
-    async def _record(
-        self, event: Event, store: Callable[[AsyncSession], Awaitable[None]], *, final: bool = False
-    ) -> None:
-        """Store, number and publish ``event`` as one step that a cancellation cannot split:
-        a stored event that was not counted would hand its seq to the next one, and one that
-        was not published would be missing from the live stream."""
-        await transaction(self._session, store)
-        self._seq = event.seq  # only a stored event takes a number: seq never has gaps
-        self.finished = final
-        await self._publish(event)
-
-    async def set_route(self, route: str) -> None:
-        async def store(session: AsyncSession) -> None:
-            await repo.set_route(session, run_id=self._context.run_id, route=route)
-
-        await atomic(self._session, store)
+    def set_route(self, route: str) -> None:
+        """The route triage chose, stored with the run's next write."""
+        self._route = route
 
     async def complete(self, *, content: str) -> Message:
         """Store the assistant message, the run's success and ``run_completed`` at once."""
@@ -87,45 +91,72 @@ class EventEmitter:
             run_id=ctx.run_id,
             created_at=utcnow(),
         )
-        await self._finish(
-            "completed", None, "run_completed", {"message": message.to_json()}, message=message
-        )
+        await self._finish("completed", message=message)
         return message
 
     async def fail(self, error: RunError) -> None:
-        await self._finish("failed", error, "run_failed", {"error": error.to_json()})
+        await self._finish("failed", error=error)
 
     async def cancel(self) -> None:
-        await self._finish("cancelled", None, "run_cancelled", {})
+        await self._finish("cancelled")
 
     async def _finish(
-        self,
-        status: RunStatus,
-        error: RunError | None,
-        type_: str,
-        data: dict[str, Any],
-        *,
-        message: Message | None = None,
+        self, status: RunStatus, *, error: RunError | None = None, message: Message | None = None
     ) -> None:
         if self.finished:
             raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
-        event = self._event(type_, None, data)
+        ctx, route = self._context, self._route
 
-        async def store(session: AsyncSession) -> None:
-            moved = await repo.finish_run(
-                session,
-                run_id=self._context.run_id,
-                status=status,
+        async def finish(conn: AsyncConnection) -> Event:
+            final = await ledger.finish(
+                conn,
+                run_id=ctx.run_id,
+                thread_id=ctx.thread_id,
                 error=error,
-                finished_at=event.ts,
+                cancelled=status == "cancelled",
+                message=message,
+                ts=utcnow(),
+                route=route,
             )
-            if not moved:
-                raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
-            if message is not None:
-                await repo.add_message(session, message)
-            await repo.add_event(session, event)
+            if final is None:
+                raise RunAlreadyFinished(f"run {ctx.run_id} has already ended")
+            return final
 
-        await uninterrupted(self._record(event, store, final=True))
+        try:
+            await uninterrupted(self._record(finish, durably=True))
+        except RunAlreadyFinished:
+            self.finished = True
+            raise
+        self.finished = True
+        self.final_status = status
+
+    async def _record(
+        self, write: Callable[[AsyncConnection], Awaitable[Event]], *, durably: bool = False
+    ) -> Event:
+        event = await (self._write_durably(write) if durably else self._database.transaction(write))
+        await self._publish(event)
+        return event
+
+    async def _write_durably(self, write: Callable[[AsyncConnection], Awaitable[Event]]) -> Event:
+        """``write``, retried with backoff while the database is unavailable, for up to a lease;
+        then the last failure is raised."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._lease.length_s
+        delay = FIRST_RETRY_S
+        while True:
+            try:
+                return await self._database.transaction(write)
+            except DATABASE_UNAVAILABLE as exc:
+                if loop.time() + delay > give_up_at:
+                    raise
+                log.warning(
+                    "the end of run %s could not be written (%r); retrying in %.1f s",
+                    self._context.run_id,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_RETRY_S)
 
     async def _publish(self, event: Event) -> None:
         try:

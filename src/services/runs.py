@@ -10,14 +10,31 @@ from typing import Any
 class RunRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        # Runs being stored, whose task does not exist yet: a cancel that arrives between the
+        # commit and the task's start waits here for the task instead of missing it.
+        self._starting: dict[str, asyncio.Future[asyncio.Task[Any] | None]] = {}
         # Tasks that own the request scope of a run that outlives the connection that started
         # it (a socket closed for falling behind, ``on_disconnect: continue``): held here so
         # they are neither garbage-collected nor forgotten at shutdown.
         self._adopted: set[asyncio.Task[Any]] = set()
 
+    def starting(self, run_id: str) -> None:
+        """``run_id`` is about to be stored and started by this process."""
+        self._starting[run_id] = asyncio.get_running_loop().create_future()
+
     def add(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self._tasks[run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
+        self._settle(run_id, task)
+
+    def not_started(self, run_id: str) -> None:
+        """``run_id`` will get no task here (it was refused, or failed before starting)."""
+        self._settle(run_id, None)
+
+    def _settle(self, run_id: str, task: asyncio.Task[Any] | None) -> None:
+        waiting = self._starting.pop(run_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(task)
 
     def adopt(self, task: asyncio.Task[Any]) -> None:
         """Keep ``task`` alive until it ends by itself (or shutdown cancels it)."""
@@ -37,6 +54,8 @@ class RunRegistry:
         """Cancel the run's task and wait until it has recorded its end; False if the run is
         not executing in this process."""
         task = self._tasks.get(run_id)
+        if task is None and run_id in self._starting:
+            task = await asyncio.shield(self._starting[run_id])
         if task is None:
             return False
         task.cancel()

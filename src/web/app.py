@@ -19,11 +19,17 @@ def create_app(container: AppContainer) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await startup(container)
-        leak_watch = asyncio.create_task(container.scope_monitor().watch())
+        watchers = [
+            asyncio.create_task(container.scope_monitor().watch()),
+            # Renews this process's run leases and ends runs of processes that died, at once
+            # (what a dead predecessor left) and then every third of a lease.
+            asyncio.create_task(container.lease_keeper().keep()),
+        ]
         try:
             yield
         finally:
-            leak_watch.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             await shutdown(container)
 
     app = Starlette(

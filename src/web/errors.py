@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from src.services.database.engine import DATABASE_UNAVAILABLE
 from src.services.errors import ChatError, RateLimited
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,15 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(code: str, message: str, *, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> Response:
     return JSONResponse(
-        {"error": {"code": code, "message": message}},
+        {"error": {"code": code, "message": message, **(details or {})}},
         status_code=_STATUS_OF_CODE[code],
         headers=headers,
     )
@@ -54,7 +60,8 @@ async def on_api_error(_: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(exc.retry_after_s)}
     elif exc.code == "unauthorized":
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(exc.code, exc.message, headers=headers)
+    details = exc.details if isinstance(exc, ChatError) else None
+    return error_response(exc.code, exc.message, headers=headers, details=details)
 
 
 async def on_database_unavailable(_: Request, exc: Exception) -> Response:
@@ -74,8 +81,9 @@ async def on_http_exception(_: Request, exc: Exception) -> Response:
     return error_response("internal_error", "the server could not answer this request")
 
 
-# Connection and pool failures, not constraint violations (those are bugs: 500).
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+# DATABASE_UNAVAILABLE: connection, pool and deadline failures, not constraint violations
+# (those are bugs: 500). Re-exported for the WebSocket's error frames.
+__all__ = ["DATABASE_UNAVAILABLE", "EXCEPTION_HANDLERS", "ApiError", "error_response"]
 
 EXCEPTION_HANDLERS = {
     ApiError: on_api_error,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -81,8 +82,8 @@ def interrupted_run(tmp_path: Path) -> tuple[str, str]:
             (thread_id, now),
         )
         db.execute(
-            "INSERT INTO runs (id, thread_id, user_id, status, created_at)"
-            " VALUES (?, ?, 'dave', 'running', ?)",
+            "INSERT INTO runs (id, thread_id, user_id, status, created_at, last_seq)"
+            " VALUES (?, ?, 'dave', 'running', ?, 1)",
             (run_id, thread_id, now),
         )
         db.execute(
@@ -222,13 +223,32 @@ def test_production_refuses_to_start_with_the_development_or_a_short_secret(
     assert not (tmp_path / "var").exists()  # refused before touching the database
 
 
+def test_several_workers_without_a_shared_broker_are_refused(tmp_path: Path) -> None:
+    """WORKERS > 1 with the in-process broker would leave events and cancels on one worker:
+    `isochat serve` exits 2 naming both settings, before touching the database."""
+    env = environment(tmp_path, free_port()) | {"ISOCHAT_WORKERS": "2"}
+    done = subprocess.run(
+        [ISOCHAT, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert "ISOCHAT_WORKERS=2" in done.stderr and "ISOCHAT_BROKER_URL" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.redis
 def test_two_workers_add_up_their_metrics_and_log_json_with_ids(tmp_path: Path) -> None:
     """With ISOCHAT_WORKERS=2, /metrics (answered by either worker) counts every run of both;
     gauges are back to 0 after the traffic; with ISOCHAT_LOG_FORMAT=json every line is JSON
     and each request's line carries its request id."""
     runs = 8
+    redis_url = asyncio.run(reachable_redis())  # several workers need a shared broker
     with running_server(
-        tmp_path, ISOCHAT_WORKERS="2", ISOCHAT_LOG_FORMAT="json", ISOCHAT_LOG_LEVEL="info"
+        tmp_path,
+        ISOCHAT_WORKERS="2",
+        ISOCHAT_BROKER_URL=redis_url,
+        ISOCHAT_LOG_FORMAT="json",
+        ISOCHAT_LOG_LEVEL="info",
     ) as server:
         # A new connection per request, so that both workers take requests.
         limits = httpx.Limits(max_keepalive_connections=0)

@@ -9,11 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 from dependency_injector import providers
-from sqlalchemy import insert
 
 from src.container import AppContainer
 from src.services.database.engine import Database, create_engine
-from src.services.database.models import RunEventRow, utcnow
 from src.services.domain import FINAL_EVENT_TYPES
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, orphan_run, send, wait_for_run
@@ -337,13 +335,7 @@ async def test_cancelling_a_run_no_live_task_owns_ends_it_in_the_database(
     cancelled: terminal state plus one final event numbered after the stored ones."""
     headers = auth(container, "alice")
     thread_id = await new_thread(client, headers)
-    run_id = await orphan_run(container, thread_id=thread_id, user_id="alice")
-    async with container.database().engine.begin() as conn:
-        await conn.execute(
-            insert(RunEventRow).values(
-                run_id=run_id, seq=1, type="run_started", data="{}", ts=utcnow()
-            )
-        )
+    run_id = await orphan_run(container, thread_id=thread_id, user_id="alice", events=1)
 
     response = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
 

@@ -8,7 +8,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -22,9 +25,47 @@ from src.services.metrics import Metrics
 
 T = TypeVar("T")
 
+STEP_TIMEOUT = "isochat_step_timeout_s"  # in a session's info: the deadline of atomic()
 
-def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
+
+class DatabaseTimeout(Exception):
+    """A database step did not finish within its deadline: the database is hung or locked."""
+
+
+# Failures of reaching the database (down, lost connection, locked, hung, pool exhausted), as
+# opposed to a bug in a statement: worth a retry on a fresh connection, or a 503.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    DatabaseTimeout,
+    ConnectionError,
+)
+
+
+async def _within_deadline(work: Awaitable[T], timeout_s: float | None) -> T:
+    try:
+        return await uninterrupted(work, timeout_s=timeout_s)
+    except TimeoutError as exc:
+        raise DatabaseTimeout(f"a database step took longer than {timeout_s:g} s") from exc
+
+
+def create_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 10, timeout_s: float = 10.0
+) -> AsyncEngine:
+    """The application's engine. ``timeout_s`` bounds each statement and each wait for a pooled
+    connection, so a hung or locked database fails a step instead of hanging it."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=True,
+            pool_timeout=timeout_s,
+            # asyncpg: connecting, and every statement, give up after timeout_s.
+            connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
+        )
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
@@ -36,7 +77,8 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> As
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        connect_args={"timeout": 15},  # seconds a writer waits for the lock before giving up
+        pool_timeout=timeout_s,
+        connect_args={"timeout": timeout_s},  # how long a writer waits for SQLite's lock
     )
     _configure_sqlite(engine)
     return engine
@@ -80,11 +122,27 @@ def create_probe_engine(engine: AsyncEngine) -> AsyncEngine:
 class Database:
     """Engine, session factory and the count of open sessions."""
 
-    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, *, timeout_s: float = 10.0) -> None:
         self.engine = engine
         self._probe = create_probe_engine(engine)
         self._metrics = metrics
-        self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        # A shielded step (a whole transaction) may run a few statements, each bounded by the
+        # driver at timeout_s: this is the backstop for what the driver cannot bound.
+        self.step_timeout_s = 2 * timeout_s
+        self._sessionmaker = async_sessionmaker(
+            engine, expire_on_commit=False, info={STEP_TIMEOUT: self.step_timeout_s}
+        )
+
+    async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in one short transaction on a connection of its own (fresh from the
+        pool), committed, finished even if the caller is cancelled meanwhile, and bounded by
+        the step deadline. Cheaper than a session: for the ledger's Core statements."""
+
+        async def run() -> T:
+            async with self.engine.begin() as conn:
+                return await work(conn)
+
+        return await _within_deadline(run(), self.step_timeout_s)
 
     def open_session(self) -> AsyncSession:
         session = self._sessionmaker()
@@ -97,7 +155,7 @@ class Database:
             if session.in_transaction():
                 # Real I/O (a rollback, a connection back to the pool): finish it even if
                 # this task is cancelled meanwhile, or the connection stays checked out.
-                await uninterrupted(session.close())
+                await uninterrupted(session.close(), timeout_s=self.step_timeout_s)
             else:
                 # No transaction means no connection and no I/O: closing cannot be cut short,
                 # and the plain synchronous close skips the async bridge (~8 us a request).
@@ -127,9 +185,11 @@ async def transaction(session: AsyncSession, work: Callable[[AsyncSession], Awai
 
 
 async def atomic(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """``transaction``, finished even if the caller is cancelled meanwhile (then re-raised).
+    """``transaction``, finished even if the caller is cancelled meanwhile (then re-raised),
+    within the session's step deadline (``TimeoutError`` past it).
 
     A transaction cut half-way would leave its connection checked out of the pool and the
     session unusable for the run's final write.
     """
-    return await uninterrupted(transaction(session, work))
+    timeout_s: float | None = session.info.get(STEP_TIMEOUT)
+    return await _within_deadline(transaction(session, work), timeout_s)

@@ -86,6 +86,14 @@ class RunRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The serving process that executes the run, and until when it vouches for it: a run whose
+    # lease has expired may be ended by any process (see src/services/ledger.py).
+    owner_id: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The seq of the run's newest event. Taking the next one is an UPDATE of this row that also
+    # checks the run is still running: one atomic step, whoever appends (the run, a cancel, a
+    # sweep), so two writers can never collide on (run_id, seq).
+    last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     __table_args__ = (
         # The database, not the code, guarantees one running run per thread: two workers

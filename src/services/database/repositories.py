@@ -1,4 +1,6 @@
-"""Reads and writes of chat data. Repositories never commit: the use case owns the transaction.
+"""Reads and writes of threads and reads of messages, runs and events (the run ledger,
+``src/services/ledger.py``, is the one writer of runs, their events and run messages).
+Repositories never commit: the use case owns the transaction.
 
 Every read of user data filters by its owner in the query itself, so a caller cannot forget to.
 """
@@ -6,10 +8,9 @@ Every read of user data filters by its owner in the query itself, so a caller ca
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
@@ -93,18 +94,11 @@ async def list_threads(session: AsyncSession, *, user_id: str) -> list[Thread]:
 # messages
 
 
-async def add_message(session: AsyncSession, message: Message) -> None:
-    session.add(
-        MessageRow(
-            id=message.id,
-            thread_id=message.thread_id,
-            role=message.role,
-            content=message.content,
-            run_id=message.run_id,
-            created_at=message.created_at,
-        )
+async def assistant_message(session: AsyncSession, *, run_id: str) -> Message | None:
+    row = await session.scalar(
+        select(MessageRow).where(MessageRow.run_id == run_id, MessageRow.role == "assistant")
     )
-    await session.flush()
+    return None if row is None else _message(row)
 
 
 async def list_messages(
@@ -124,22 +118,6 @@ async def list_messages(
 # runs
 
 
-async def add_run(session: AsyncSession, run: Run, *, request_id: str | None) -> None:
-    """Flushes at once so a second running run on the thread fails here (IntegrityError)."""
-    session.add(
-        RunRow(
-            id=run.id,
-            thread_id=run.thread_id,
-            user_id=run.user_id,
-            status=run.status,
-            route=run.route,
-            request_id=request_id,
-            created_at=run.created_at,
-        )
-    )
-    await session.flush()
-
-
 async def get_run(session: AsyncSession, *, run_id: str, user_id: str) -> Run | None:
     row = await session.scalar(
         select(RunRow)
@@ -150,68 +128,7 @@ async def get_run(session: AsyncSession, *, run_id: str, user_id: str) -> Run | 
     return None if row is None else _run(row)
 
 
-async def set_route(session: AsyncSession, *, run_id: str, route: str) -> None:
-    await session.execute(update(RunRow).where(RunRow.id == run_id).values(route=route))
-
-
-async def finish_run(
-    session: AsyncSession,
-    *,
-    run_id: str,
-    status: RunStatus,
-    error: RunError | None,
-    finished_at: datetime,
-) -> bool:
-    """Move a running run to ``status``; False when it had already finished (nothing changed)."""
-    result = await session.execute(
-        update(RunRow)
-        .where(RunRow.id == run_id, RunRow.status == "running")
-        .values(
-            status=status,
-            error_code=None if error is None else error.code,
-            error_message=None if error is None else error.message,
-            finished_at=finished_at,
-        )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-
-
-async def count_running_runs(session: AsyncSession, *, user_id: str) -> int:
-    count = await session.scalar(
-        select(func.count()).where(RunRow.user_id == user_id, RunRow.status == "running")
-    )
-    return int(count or 0)
-
-
-async def running_runs(session: AsyncSession) -> list[Run]:
-    rows = await session.scalars(
-        select(RunRow).where(RunRow.status == "running").execution_options(populate_existing=True)
-    )
-    return [_run(r) for r in rows]
-
-
 # events
-
-
-async def add_event(session: AsyncSession, event: Event) -> None:
-    session.add(
-        RunEventRow(
-            run_id=event.run_id,
-            seq=event.seq,
-            type=event.type,
-            agent=event.agent,
-            data=json.dumps(event.data, ensure_ascii=False),
-            ts=event.ts,
-        )
-    )
-    await session.flush()
-
-
-async def last_seq(session: AsyncSession, *, run_id: str) -> int:
-    got = await session.scalar(
-        select(func.max(RunEventRow.seq)).where(RunEventRow.run_id == run_id)
-    )
-    return int(got or 0)
 
 
 async def list_events(
