@@ -15,6 +15,8 @@ Tests swap any provider with ``container.<name>.override(...)`` or
 
 from __future__ import annotations
 
+import logging
+
 from dependency_injector import containers, providers
 
 from src.agents.context import RunContext
@@ -28,6 +30,7 @@ from src.services.broker import EventBroker, InProcessBroker
 from src.services.chat import ChatService
 from src.services.database.engine import Database, create_engine
 from src.services.events import EventEmitter
+from src.services.leases import Lease, LeaseKeeper
 from src.services.limits import RateLimiter
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
@@ -37,6 +40,8 @@ from src.services.redis_broker import RedisBroker
 from src.services.runs import RunRegistry
 from src.services.scope_monitor import ScopeMonitor
 from src.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def choose_llm(settings: Settings) -> LLM:
@@ -84,6 +89,7 @@ class RequestContainer(containers.DeclarativeContainer):
     broker: providers.Dependency[EventBroker] = providers.Dependency()
     metrics = providers.Dependency(instance_of=Metrics)
     runs = providers.Dependency(instance_of=RunRegistry)
+    lease = providers.Dependency(instance_of=Lease)
 
     # One per request scope.
     run_context = ScopeValue("run_context")
@@ -92,7 +98,9 @@ class RequestContainer(containers.DeclarativeContainer):
         closer=providers.Callable(Database.close_session, database),
     )
     emitter = Scoped(
-        providers.Factory(EventEmitter, context=run_context, session=session, broker=broker)
+        providers.Factory(
+            EventEmitter, context=run_context, database=database, broker=broker, lease=lease
+        )
     )
 
     # New at every call: nothing an agent holds is ever shared with another request.
@@ -133,6 +141,7 @@ class RequestContainer(containers.DeclarativeContainer):
             agents_for=agents_for,
             metrics=metrics,
             broker=broker,
+            lease=lease,
             settings=settings,
         )
     )
@@ -146,11 +155,19 @@ class AppContainer(containers.DeclarativeContainer):
         settings.provided.database_url,
         pool_size=settings.provided.db_pool_size,
         max_overflow=settings.provided.db_max_overflow,
+        timeout_s=settings.provided.db_timeout_s,
     )
-    database = providers.Singleton(Database, engine=engine, metrics=metrics)
+    database = providers.Singleton(
+        Database, engine=engine, metrics=metrics, timeout_s=settings.provided.db_timeout_s
+    )
     llm = providers.Singleton(choose_llm, settings)
     broker = providers.Singleton(choose_broker, settings)
     runs = providers.Singleton(RunRegistry)
+    # This process's name on the runs it executes; one per process (and per app in tests).
+    lease = providers.Singleton(Lease.for_this_process, length_s=settings.provided.run_lease_s)
+    lease_keeper = providers.Singleton(
+        LeaseKeeper, lease=lease, database=database, runs=runs, broker=broker, metrics=metrics
+    )
     tokens = providers.Singleton(
         TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
     )
@@ -160,6 +177,7 @@ class AppContainer(containers.DeclarativeContainer):
         run_timeout_s=settings.provided.run_timeout_s,
         margin_s=settings.provided.leak_margin_s,
     )
+    # Per-user limits live where the broker does, so that they hold across workers and hosts.
     rate_limiter = providers.Singleton(
         RateLimiter,
         per_minute=settings.provided.rate_limit_per_minute,
@@ -174,6 +192,7 @@ class AppContainer(containers.DeclarativeContainer):
         broker=broker,
         metrics=metrics,
         runs=runs,
+        lease=lease,
     )
 
 
@@ -192,14 +211,17 @@ def request_scope(container: AppContainer, *, request_id: str | None = None) -> 
 
 async def startup(container: AppContainer) -> None:
     """What the application starts before serving: cancels asked by other workers reach this
-    worker's runs."""
+    worker's runs. (The lease keeper is started by the app's lifespan, as a task.)"""
     await container.broker().listen_for_cancels(container.runs().cancel_soon)
 
 
 async def shutdown(container: AppContainer) -> None:
     """Release the application's objects, in order: runs still going end ``cancelled`` (not
-    left ``running``), then the broker's, the model's and the database's connections close."""
-    await container.runs().cancel_all()
+    left ``running``; a run whose end cannot be written within the database deadline is left
+    to the lease sweep), then the broker's, the model's and the database's connections close."""
+    left = await container.runs().cancel_all(timeout_s=container.database().step_timeout_s)
+    if left:
+        log.warning("%d run(s) did not record their end at shutdown; their leases expire", left)
     await container.broker().aclose()
     await container.llm().aclose()
     await container.database().dispose()

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # old (its process died or lost the database) is ended `interrupted` by any live process.
     run_lease_s: float = Field(default=15.0, ge=1)
     # On SIGTERM / Ctrl-C: how long runs in flight may go on before they are ended `cancelled`.
-    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    shutdown_timeout_s: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
     def _production_needs_a_real_secret(self) -> Settings:
