@@ -22,7 +22,7 @@ from tests.helpers import serving
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
-        run_timeout_s=10.0,
+        run_timeout_s=600.0,  # a test that needs a run cut off sets its own
         _env_file=None,
     )
 
