@@ -16,7 +16,7 @@ from src.agents.context import RunContext
 from src.agents.tools import ToolError
 from src.agents.triage import FALLBACK_ROUTE
 from src.logs import log_failure
-from src.services.database.engine import DATABASE_UNAVAILABLE, DatabaseTimeout
+from src.services.database.engine import DATABASE_UNAVAILABLE
 from src.services.domain import Message, RunError
 from src.services.events import EventEmitter, RunAlreadyFinished
 from src.services.llm import LLMError, LLMTimeout
@@ -126,7 +126,7 @@ class Supervisor:
             return RunError("llm_error", str(exc) or "the language model failed")
         if isinstance(exc, ToolError):
             return RunError("tool_error", str(exc))
-        if isinstance(exc, SQLAlchemyError | DatabaseTimeout):
+        if isinstance(exc, (SQLAlchemyError, *DATABASE_UNAVAILABLE)):
             log_failure(log, "database error in run %s", self._context.run_id, exc=exc)
             return RunError("database_error", "the database failed during the run")
         log_failure(

@@ -108,9 +108,10 @@ class LeaseKeeper:
 
         await self._database.transaction(write)
 
-    async def sweep(self) -> int:
-        """End every run whose lease has expired as ``interrupted``; how many it ended."""
-        now = utcnow()
+    async def sweep(self, *, now: datetime | None = None) -> int:
+        """End every run whose lease had expired by ``now`` as ``interrupted``; how many it
+        ended."""
+        now = now or utcnow()
         expired = await self._database.transaction(lambda c: ledger.expired_runs(c, now=now))
         ended = 0
         for run in expired:

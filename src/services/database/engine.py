@@ -40,6 +40,7 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     PoolTimeout,
     DatabaseTimeout,
     ConnectionError,
+    TimeoutError,  # asyncpg's statement timeout (command_timeout) surfaces as a bare one
 )
 
 
