@@ -81,3 +81,39 @@ def install_chaos(container: AppContainer) -> None:
             session=request.session,
         )
     )
+
+
+class Gate:
+    """Where a test holds a run: ``reached`` once the run waits, ``opened`` lets it go on."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.opened = asyncio.Event()
+
+
+class GatedTriage(TriageAgent):
+    """Triage that waits at the gate before it answers."""
+
+    def __init__(self, *, events: RunEvents, tracker: AgentTracker, llm: LLM, gate: Gate) -> None:
+        super().__init__(events=events, tracker=tracker, llm=llm)
+        self._gate = gate
+
+    async def answer(self, content: str) -> str:
+        self._gate.reached.set()
+        await self._gate.opened.wait()
+        return await super().answer(content)
+
+
+def hold_triage(container: AppContainer) -> Gate:
+    gate = Gate()
+    request = container.request
+    request.triage.override(
+        providers.Factory(
+            GatedTriage,
+            events=request.emitter,
+            tracker=request.metrics,
+            llm=request.llm,
+            gate=providers.Object(gate),
+        )
+    )
+    return gate

@@ -16,7 +16,7 @@ from src.agents.context import RunContext
 from src.agents.tools import ToolError
 from src.agents.triage import FALLBACK_ROUTE
 from src.logs import log_failure
-from src.services.database.engine import DATABASE_UNAVAILABLE
+from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
 from src.services.domain import Message, RunError
 from src.services.events import EventEmitter, RunAlreadyFinished
 from src.services.llm import LLMError, LLMTimeout
@@ -108,7 +108,9 @@ class Supervisor:
             await write_final
         except RunAlreadyFinished:
             log.info("run %s had already ended elsewhere", self._context.run_id)
-        except DATABASE_UNAVAILABLE as exc:
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
             log_failure(
                 log,
                 "the end of run %s could not be written; the lease sweep will end it",

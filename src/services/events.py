@@ -22,7 +22,7 @@ from src.agents.context import RunContext
 from src.aio import uninterrupted
 from src.services import ledger
 from src.services.broker import EventBroker
-from src.services.database.engine import DATABASE_UNAVAILABLE, Database
+from src.services.database.engine import Database, unavailable
 from src.services.database.models import utcnow
 from src.services.domain import Event, Message, RunError, RunStatus
 from src.services.leases import Lease
@@ -146,8 +146,8 @@ class EventEmitter:
         while True:
             try:
                 return await self._database.transaction(write)
-            except DATABASE_UNAVAILABLE as exc:
-                if loop.time() + delay > give_up_at:
+            except Exception as exc:
+                if not unavailable(exc) or loop.time() + delay > give_up_at:
                     raise
                 log.warning(
                     "the end of run %s could not be written (%r); retrying in %.1f s",

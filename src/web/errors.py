@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from src.services.database.engine import DATABASE_UNAVAILABLE
+from src.logs import log_failure
+from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
 from src.services.errors import ChatError, RateLimited
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,15 @@ async def on_database_unavailable(_: Request, exc: Exception) -> Response:
     )
 
 
+async def on_database_error(request: Request, exc: Exception) -> Response:
+    """A driver error: 503 when it says the connection was lost (a killed backend), else a
+    bug (500, logged with the request's id by the log context)."""
+    if unavailable(exc):
+        return await on_database_unavailable(request, exc)
+    log_failure(log, "database error in request %s", request.url.path, exc=exc)
+    return error_response("internal_error", "an internal error occurred")
+
+
 async def on_http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
@@ -89,5 +100,6 @@ EXCEPTION_HANDLERS = {
     ApiError: on_api_error,
     ChatError: on_api_error,
     HTTPException: on_http_exception,
+    DBAPIError: on_database_error,
     **dict.fromkeys(DATABASE_UNAVAILABLE, on_database_unavailable),
 }

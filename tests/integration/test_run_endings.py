@@ -17,54 +17,16 @@ import pytest
 from dependency_injector import providers
 from sqlalchemy import select
 
-from src.agents.base import AgentTracker, RunEvents
-from src.agents.triage import TriageAgent
 from src.container import AppContainer, build_container, shutdown
 from src.services.database.migrations import upgrade_to_head
 from src.services.database.models import RunRow
 from src.services.events import EventEmitter
-from src.services.llm import LLM
 from src.settings import Settings
 from src.web.app import create_app
+from tests.fakes import Gate, hold_triage
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
 
 WAIT_S = 60.0  # only guards against a hang
-
-
-class Gate:
-    """Where a test holds a run: ``reached`` once the run waits, ``opened`` lets it go on."""
-
-    def __init__(self) -> None:
-        self.reached = asyncio.Event()
-        self.opened = asyncio.Event()
-
-
-class GatedTriage(TriageAgent):
-    """Triage that waits at the gate before it answers."""
-
-    def __init__(self, *, events: RunEvents, tracker: AgentTracker, llm: LLM, gate: Gate) -> None:
-        super().__init__(events=events, tracker=tracker, llm=llm)
-        self._gate = gate
-
-    async def answer(self, content: str) -> str:
-        self._gate.reached.set()
-        await self._gate.opened.wait()
-        return await super().answer(content)
-
-
-def hold_triage(container: AppContainer) -> Gate:
-    gate = Gate()
-    request = container.request
-    request.triage.override(
-        providers.Factory(
-            GatedTriage,
-            events=request.emitter,
-            tracker=request.metrics,
-            llm=request.llm,
-            gate=providers.Object(gate),
-        )
-    )
-    return gate
 
 
 async def until(check: Callable[[], Awaitable[bool]]) -> None:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -42,6 +42,15 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     ConnectionError,
     TimeoutError,  # asyncpg's statement timeout (command_timeout) surfaces as a bare one
 )
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or used (worth a retry on a
+    fresh connection), rather than that a statement was wrong. A connection killed mid-query
+    surfaces as a generic ``DBAPIError`` marked as having invalidated its connection."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 async def _within_deadline(work: Awaitable[T], timeout_s: float | None) -> T:
