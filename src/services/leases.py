@@ -79,21 +79,25 @@ class LeaseKeeper:
         self._failing = False
 
     async def keep(self) -> None:
-        """Until cancelled: renew, sweep, wait a third of a lease. A database that is away
-        is reported once and retried on the next beat."""
+        """Until cancelled: a beat every third of a lease."""
         while True:
-            try:
-                await self.renew()
-                await self.sweep()
-            except Exception as exc:
-                if not self._failing:
-                    log.warning("cannot renew run leases or sweep expired runs: %r", exc)
-                    self._failing = True
-            else:
-                if self._failing:
-                    log.info("run leases renewed again")
-                    self._failing = False
             await asyncio.sleep(self.interval_s)
+            await self.beat()
+
+    async def beat(self) -> None:
+        """Renew this process's leases, then sweep. A database that is away is reported once
+        and tried again at the next beat; this never raises."""
+        try:
+            await self.renew()
+            await self.sweep()
+        except Exception as exc:
+            if not self._failing:
+                log.warning("cannot renew run leases or sweep expired runs: %r", exc)
+                self._failing = True
+        else:
+            if self._failing:
+                log.info("run leases renewed again")
+                self._failing = False
 
     async def renew(self) -> None:
         run_ids = self._runs.run_ids()

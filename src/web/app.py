@@ -19,10 +19,11 @@ def create_app(container: AppContainer) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await startup(container)
+        # Runs that died with their process and whose leases have expired are ended before the
+        # first request; then this process renews its leases and sweeps every third of a lease.
+        await container.lease_keeper().beat()
         watchers = [
             asyncio.create_task(container.scope_monitor().watch()),
-            # Renews this process's run leases and ends runs of processes that died, at once
-            # (what a dead predecessor left) and then every third of a lease.
             asyncio.create_task(container.lease_keeper().keep()),
         ]
         try:
