@@ -31,7 +31,7 @@ from src.services.chat import ChatService
 from src.services.database.engine import Database, create_engine
 from src.services.events import EventEmitter
 from src.services.leases import Lease, LeaseKeeper
-from src.services.limits import RateLimiter
+from src.services.limits import InProcessSocketCounter, RateLimiter, RedisSocketCounter
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
 from src.services.llm.openai import OpenAILLM
@@ -182,6 +182,13 @@ class AppContainer(containers.DeclarativeContainer):
         RateLimiter,
         per_minute=settings.provided.rate_limit_per_minute,
         burst=settings.provided.rate_limit_burst,
+        storage_url=settings.provided.broker_url,
+    )
+    # Selected per socket opened (not per request): the lookup costs nothing worth caching.
+    socket_counter = providers.Selector(
+        settings.provided.broker_kind,
+        memory=providers.Singleton(InProcessSocketCounter),
+        redis=providers.Singleton(RedisSocketCounter, settings.provided.broker_url),
     )
 
     request = providers.Container(
@@ -218,10 +225,13 @@ async def startup(container: AppContainer) -> None:
 async def shutdown(container: AppContainer) -> None:
     """Release the application's objects, in order: runs still going end ``cancelled`` (not
     left ``running``; a run whose end cannot be written within the database deadline is left
-    to the lease sweep), then the broker's, the model's and the database's connections close."""
+    to the lease sweep), then the limiters', the broker's, the model's and the database's
+    connections close."""
     left = await container.runs().cancel_all(timeout_s=container.database().step_timeout_s)
     if left:
         log.warning("%d run(s) did not record their end at shutdown; their leases expire", left)
+    await container.rate_limiter().aclose()
+    await container.socket_counter().aclose()
     await container.broker().aclose()
     await container.llm().aclose()
     await container.database().dispose()

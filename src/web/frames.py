@@ -25,6 +25,9 @@ class ChatFrame(_Frame):
     type: Literal["chat"]
     thread_id: str
     content: str
+    # What becomes of the run when the socket closes (other than for falling behind, which
+    # never cancels: the client can replay): ended ``cancelled``, or left to finish.
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
 
 
 class CancelFrame(_Frame):

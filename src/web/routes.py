@@ -37,8 +37,9 @@ def _chat(request: Request) -> ChatService:
     return chat
 
 
-def authenticated_user(request: Request) -> str:
-    """The user the bearer token names, once per request counted against their rate limit."""
+async def authenticated_user(request: Request, *, rate_limited: bool = True) -> str:
+    """The user the bearer token names, the request counted against their rate limit unless
+    ``rate_limited`` is False (a cancel: a user at the limit can still stop their runs)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -46,7 +47,8 @@ def authenticated_user(request: Request) -> str:
     container = _container(request)
     user: str = container.tokens().user_of(token.strip())
     bind(user_id=user)
-    container.rate_limiter().check(user)
+    if rate_limited:
+        await container.rate_limiter().check(user)
     return user
 
 
@@ -115,7 +117,7 @@ async def dev_login(request: Request) -> Response:
 
 
 async def create_thread(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     body = await read_json(
         request, NewThread, max_bytes=_settings(request).max_body_bytes, empty_ok=True
     )
@@ -124,25 +126,25 @@ async def create_thread(request: Request) -> Response:
 
 
 async def list_threads(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     threads = await _chat(request).list_threads(user_id=user)
     return _json({"threads": [t.to_json() for t in threads]})
 
 
 async def get_thread(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     thread = await _chat(request).get_thread(user_id=user, thread_id=request.path_params["id"])
     return _json(thread.to_json())
 
 
 async def list_messages(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     messages = await _chat(request).list_messages(user_id=user, thread_id=request.path_params["id"])
     return _json({"messages": [m.to_json() for m in messages]})
 
 
 async def post_message(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     settings = _settings(request)
     body = await read_json(request, NewMessage, max_bytes=settings.max_body_bytes)
     check_content(body.content, max_chars=settings.max_message_chars)
@@ -159,13 +161,13 @@ async def post_message(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     run = await _chat(request).get_run(user_id=user, run_id=request.path_params["id"])
     return _json(run.to_json())
 
 
 async def list_events(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     raw_after = request.query_params.get("after", "0")
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
     if not (raw_after.isascii() and raw_after.isdigit()) or len(raw_after) > 18:
@@ -177,7 +179,7 @@ async def list_events(request: Request) -> Response:
 
 
 async def cancel_run(request: Request) -> Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request, rate_limited=False)
     run = await _chat(request).cancel_run(user_id=user, run_id=request.path_params["id"])
     return _json({"run": run.to_json()}, 202)
 

@@ -2,8 +2,14 @@
 
 Each connection has one reader (client frames), one writer (the only task that sends) and a
 bounded outbox that the broker fills with the user's events. Each ``chat`` frame starts a run in
-a task of its own, inside a request scope of its own; when the socket closes, its runs are
-cancelled and their scopes disposed.
+a task of its own, inside a request scope of its own. When the socket closes, the runs it started
+with ``on_disconnect: cancel`` (the default) are cancelled and their scopes disposed; the others,
+and all of them when the socket was closed for falling behind (4408: the client can replay what
+it missed), go on to their end, kept by the run registry.
+
+Open sockets are counted per user by the container's ``socket_counter`` (across workers and hosts
+with Redis); ``chat`` frames count against the user's rate limit, while ``cancel`` and ``ping``
+never do, so a user at the limit can always stop their own runs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from src.logs import bind, log_failure
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
+from src.services.limits import SocketCounter
 from src.web.errors import DATABASE_UNAVAILABLE
 from src.web.frames import CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
 
@@ -54,12 +61,29 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     bind(user_id=user_id)
     limit = container.settings().max_ws_connections_per_user
-    if container.broker().subscriber_count(user_id) >= limit:
+    counter: SocketCounter = container.socket_counter()
+    socket_id = str(uuid.uuid4())
+    if not await counter.admit(user_id, socket_id, limit=limit):
         await websocket.close(
             code=CLOSE_TOO_MANY_CONNECTIONS, reason=f"at most {limit} connections per user"
         )
         return
-    await Connection(websocket, user_id=user_id, container=container).serve()
+    renewing = asyncio.create_task(_keep_counted(counter, user_id, socket_id))
+    try:
+        await Connection(websocket, user_id=user_id, container=container).serve()
+    finally:
+        renewing.cancel()
+        await asyncio.wait((renewing,))
+        await counter.release(user_id, socket_id)
+
+
+async def _keep_counted(counter: SocketCounter, user_id: str, socket_id: str) -> None:
+    """Renew the socket's place while it is open: a socket whose host dies stops counting."""
+    if counter.renew_every_s is None:
+        return
+    while True:
+        await asyncio.sleep(counter.renew_every_s)
+        await counter.renew(user_id, socket_id)
 
 
 class Connection:
@@ -72,7 +96,8 @@ class Connection:
         self._max_chars = settings.max_message_chars
         self._max_pending = settings.ws_max_pending_frames
         self._rate_limiter = container.rate_limiter()
-        self._tasks: set[asyncio.Task[None]] = set()  # runs and cancels started by this socket
+        # Runs and cancels started by this socket -> whether the socket's close cancels them.
+        self._tasks: dict[asyncio.Task[None], bool] = {}
 
     async def serve(self) -> None:
         broker = self._container.broker()
@@ -87,7 +112,7 @@ class Connection:
         finally:
             for task in (reader, writer, too_slow):
                 task.cancel()
-            await self._cancel_tasks()
+            await self._let_go(fell_behind=outbox.overflowed.is_set())
             await broker.unsubscribe(outbox)
             gauge.dec()
             await asyncio.gather(reader, writer, too_slow, return_exceptions=True)
@@ -103,7 +128,7 @@ class Connection:
             message = await self._websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            self._handle(message.get("text"), outbox)
+            await self._handle(message.get("text"), outbox)
 
     async def _write(self, outbox: Subscription) -> None:
         try:
@@ -113,7 +138,7 @@ class Connection:
         except (WebSocketDisconnect, OSError, RuntimeError):
             return  # the client is gone; the reader sees the disconnect too
 
-    def _handle(self, text: str | None, outbox: Subscription) -> None:
+    async def _handle(self, text: str | None, outbox: Subscription) -> None:
         try:
             frame = parse_frame(text, max_bytes=self._max_bytes, max_chars=self._max_chars)
         except FrameError as exc:
@@ -121,21 +146,30 @@ class Connection:
             return
         if isinstance(frame, PingFrame):
             outbox.offer({"type": "pong"})
-            return
+        elif isinstance(frame, CancelFrame):
+            # Never rate-limited, and never cancelled with the socket: it is what the user
+            # asked for, and it ends quickly.
+            self._start(self._cancel(frame, outbox), cancel_on_close=False)
+        elif await self._within_rate_limit(frame, outbox):
+            # Awaited here, in the reader, so that frames are counted in the order they came.
+            cancel_on_close = frame.on_disconnect == "cancel"
+            self._start(self._chat(frame, outbox), cancel_on_close=cancel_on_close)
+
+    async def _within_rate_limit(self, frame: ChatFrame, outbox: Subscription) -> bool:
         try:
-            self._rate_limiter.check(self._user_id)
+            await self._rate_limiter.check(self._user_id)
         except RateLimited as exc:
             outbox.offer(_error_frame(exc.code, exc.message, frame.request_id))
-            return
-        if isinstance(frame, ChatFrame):
-            self._start(self._chat(frame, outbox))
-        else:
-            self._start(self._cancel(frame, outbox))
+            return False
+        return True
 
-    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None], *, cancel_on_close: bool) -> None:
         task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = cancel_on_close
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _chat(self, frame: ChatFrame, outbox: Subscription) -> None:
         """One run in a request scope of its own; its events reach the outbox via the broker."""
@@ -179,13 +213,20 @@ class Connection:
             log_failure(log, "unhandled error on a WebSocket of %s", self._user_id, exc=exc)
             outbox.offer(_error_frame("internal_error", "an internal error occurred", request_id))
 
-    async def _cancel_tasks(self) -> None:
-        """The socket is gone: its runs end ``cancelled`` and release everything they held."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def _let_go(self, *, fell_behind: bool) -> None:
+        """The socket is gone. Runs that end with it are cancelled (they release everything
+        they held); the rest go on, each task owning its run's request scope handed to the run
+        registry, which keeps it alive until it ends (or shutdown cancels it)."""
+        registry = self._container.runs()
+        cancelled = []
+        for task, cancel_on_close in list(self._tasks.items()):
+            if cancel_on_close and not fell_behind:
+                task.cancel()
+                cancelled.append(task)
+            else:
+                registry.adopt(task)
+        if cancelled:
+            await asyncio.gather(*cancelled, return_exceptions=True)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):  # already gone

@@ -14,9 +14,12 @@ import pytest
 from dependency_injector import providers
 from websockets.exceptions import ConnectionClosed
 
+from src.agents.base import AgentTracker, RunEvents
+from src.agents.triage import TriageAgent
 from src.container import AppContainer
 from src.services.database.engine import Database, create_engine
 from src.services.domain import FINAL_EVENT_TYPES
+from src.services.llm import LLM
 from src.web.app import create_app
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks_once_settled, new_thread, send
@@ -330,12 +333,14 @@ async def test_a_slow_consumer_is_dropped_and_never_stalls_others(
 
 
 class StalledClient:
-    """A WebSocket client, at the ASGI level, that connects and then never reads again: every
-    send the server attempts after the first blocks, like a peer whose TCP window is full."""
+    """A WebSocket client, at the ASGI level, that connects, sends ``frames``, and then never
+    reads again: every send the server attempts after the first blocks, like a peer whose TCP
+    window is full."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, token: str, frames: tuple[Frame, ...] = ()) -> None:
         self._app = app
         self._token = token
+        self._frames = list(frames)
         self.accepted = asyncio.Event()
         self._disconnect = asyncio.Event()
         self.close_code: int | None = None
@@ -349,6 +354,8 @@ class StalledClient:
             if not connected:
                 connected = True
                 return {"type": "websocket.connect"}
+            if self._frames:
+                return {"type": "websocket.receive", "text": json.dumps(self._frames.pop(0))}
             await self._disconnect.wait()
             return {"type": "websocket.disconnect", "code": 1006}
 
@@ -415,4 +422,117 @@ async def test_run_in_progress_unavailable_and_internal_errors_reach_the_socket(
         await socket.send({"type": "chat", "thread_id": thread_id, "content": "what is 3 + 4?"})
         done = await socket.until(lambda f: f.get("type") in FINAL_EVENT_TYPES)
         assert done["data"]["message"]["content"] == "3 + 4 = 7"
+    assert await leaks_once_settled(container) == SETTLED
+
+
+class GatedTriage(TriageAgent):
+    """Triage that holds a message containing ``[gate]`` until the test opens the gate."""
+
+    def __init__(
+        self, *, events: RunEvents, tracker: AgentTracker, llm: LLM, gate: asyncio.Event
+    ) -> None:
+        super().__init__(events=events, tracker=tracker, llm=llm)
+        self._gate = gate
+
+    async def answer(self, content: str) -> str:
+        if "[gate]" in content:
+            await self._gate.wait()
+        return await super().answer(content)
+
+
+def install_gate(container: AppContainer) -> asyncio.Event:
+    """Runs of ``[gate]`` messages stay in flight until the returned event is set."""
+    gate = asyncio.Event()
+    request = container.request
+    request.triage.override(
+        providers.Factory(
+            GatedTriage,
+            events=request.emitter,
+            tracker=request.metrics,
+            llm=request.llm,
+            gate=providers.Object(gate),
+        )
+    )
+    return gate
+
+
+def final_of(run_id: str) -> Any:
+    return lambda f: f.get("run_id") == run_id and f.get("type") in FINAL_EVENT_TYPES
+
+
+async def test_a_socket_dropped_for_falling_behind_does_not_cancel_its_runs(
+    container: AppContainer, live_server: str, http: httpx.AsyncClient
+) -> None:
+    """A socket closed 4408 for falling behind leaves the run it started in flight; the run
+    completes, and its events replay in full from GET /api/runs/{id}/events."""
+    gate = install_gate(container)
+    container.settings.override(
+        providers.Object(container.settings().model_copy(update={"ws_max_pending_frames": 8}))
+    )
+    headers = auth(container, "behind")
+    gated_thread = await new_thread(http, headers)
+    busy_threads = [await new_thread(http, headers) for _ in range(3)]
+    chat = {"type": "chat", "thread_id": gated_thread, "content": "[gate] what is 2 + 3?"}
+    stalled = StalledClient(create_app(container), token(container, "behind"), frames=(chat,))
+    async with open_socket(live_server, token=token(container, "behind")) as watcher:
+        await watcher.send({"type": "ping"})
+        assert await watcher.recv() == {"type": "pong"}
+        stalled_task = asyncio.create_task(stalled.run())
+        run_id = (await watcher.until(lambda f: f.get("type") == "run_started"))["run_id"]
+        # Read on while other runs of the user flood the stalled socket's outbox.
+        finished = asyncio.create_task(watcher.until(final_of(run_id), within_s=60))
+        for thread_id in busy_threads:
+            await send(http, headers, thread_id, "what is 1 + 1?")
+        await asyncio.wait_for(stalled_task, 15)
+        assert stalled.close_code == 4408
+        run = (await http.get(f"/api/runs/{run_id}", headers=headers)).json()
+        assert run["status"] == "running"  # held at the gate: the close did not cancel it
+
+        gate.set()
+        final = await finished
+    assert final["type"] == "run_completed"
+    assert final["data"]["message"]["content"] == "2 + 3 = 5"
+    stored = (await http.get(f"/api/runs/{run_id}/events", headers=headers)).json()["events"]
+    assert_well_formed(stored)
+    assert stored == events_by_run(watcher.received)[run_id]
+    assert await leaks_once_settled(container) == SETTLED
+
+
+async def test_on_disconnect_continue_runs_on_after_the_socket_closes(
+    container: AppContainer, live_server: str, http: httpx.AsyncClient
+) -> None:
+    """When a socket closes, its run started with `on_disconnect: continue` completes (its
+    events stay replayable), while its run started with the default is cancelled."""
+    gate = install_gate(container)
+    headers = auth(container, "alice")
+    goes_on, ends = await new_thread(http, headers), await new_thread(http, headers)
+    async with open_socket(live_server, token=token(container, "alice")) as watcher:
+        await watcher.send({"type": "ping"})
+        assert await watcher.recv() == {"type": "pong"}
+        async with open_socket(live_server, token=token(container, "alice")) as socket:
+            await socket.send(
+                {"type": "chat", "thread_id": goes_on, "content": "[gate] what is 4 * 5?",
+                 "on_disconnect": "continue", "request_id": "goes-on"}
+            )  # fmt: skip
+            await socket.send(
+                {"type": "chat", "thread_id": ends, "content": "[gate] what is 1 + 2?",
+                 "request_id": "ends"}
+            )  # fmt: skip
+            started = [await socket.until(lambda f: f.get("type") == "run_started")]
+            started.append(await socket.until(lambda f: f.get("type") == "run_started"))
+        run_of = {f["data"]["request_id"]: f["run_id"] for f in started}
+
+        cancelled = await watcher.until(final_of(run_of["ends"]))
+        assert cancelled["type"] == "run_cancelled"
+        run = (await http.get(f"/api/runs/{run_of['goes-on']}", headers=headers)).json()
+        assert run["status"] == "running"
+
+        gate.set()
+        completed = await watcher.until(final_of(run_of["goes-on"]))
+    assert completed["type"] == "run_completed"
+    assert completed["data"]["message"]["content"] == "4 * 5 = 20"
+    for run_id in run_of.values():
+        stored = await http.get(f"/api/runs/{run_id}/events", headers=headers)
+        assert_well_formed(stored.json()["events"])
+        assert stored.json()["events"] == events_by_run(watcher.received)[run_id]
     assert await leaks_once_settled(container) == SETTLED
