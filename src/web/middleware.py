@@ -7,6 +7,7 @@ that went away, a cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -63,6 +64,17 @@ class RequestScopeMiddleware:
             async with request_scope(self._container, request_id=request_id):
                 try:
                     await self._app(scope, receive, send_with_request_id)
+                except asyncio.CancelledError:
+                    # The server is shutting down and gave up waiting for this request (its run
+                    # is stored `cancelled`): say so in the API's shape, not as a bare 500.
+                    if not status:
+                        response = error_response(
+                            "unavailable",
+                            "the server is shutting down; retry",
+                            headers={"Retry-After": "1"},
+                        )
+                        await response(scope, receive, send_with_request_id)
+                    raise
                 except Exception as exc:
                     # Logged here with its request id; the client gets no detail.
                     log_failure(log, "unhandled error in request %s", request_id, exc=exc)

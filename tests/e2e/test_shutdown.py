@@ -99,6 +99,11 @@ async def test_sigterm_cancels_http_and_websocket_runs_in_flight_and_exits(
     # uvicorn shuts down gracefully, then re-raises the signal it caught (as test_server.py).
     assert code in (0, -signal.SIGTERM), f"exit code {code}; HTTP got {answered!r}:\n{log}"
 
+    # The request cut off by the shutdown is told so in the API's error shape.
+    assert isinstance(answered, httpx.Response), answered
+    assert answered.status_code == 503, answered.text
+    assert answered.json()["error"]["code"] == "unavailable"
+
     for run_id in (http_run, ws_run):
         status, events = stored_run(tmp_path / "var" / "isochat.db", run_id)
         assert status == "cancelled", (run_id, status, log)
