@@ -1,17 +1,18 @@
-"""WebSocket frames from clients: size-limited, parsed as JSON, validated by pydantic models."""
+"""WebSocket frames from clients: size-limited, then parsed and validated in one step by
+pydantic (``validate_json``: see ``src.web.bodies`` for why never ``json.loads``)."""
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from src.web.bodies import check_content, describe
+from src.web.bodies import StoredText, check_content, describe, unparsed
 from src.web.errors import ApiError
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+FRAME_TYPES = ("chat", "cancel", "ping")
 
 
 class _Frame(BaseModel):
@@ -24,7 +25,7 @@ class _Frame(BaseModel):
 class ChatFrame(_Frame):
     type: Literal["chat"]
     thread_id: str
-    content: str
+    content: StoredText
     # What becomes of the run when the socket closes (other than for falling behind, which
     # never cancels: the client can replay): ended ``cancelled``, or left to finish.
     on_disconnect: Literal["cancel", "continue"] = "cancel"
@@ -43,6 +44,19 @@ ClientFrame = Annotated[ChatFrame | CancelFrame | PingFrame, Field(discriminator
 _FRAME: TypeAdapter[ChatFrame | CancelFrame | PingFrame] = TypeAdapter(ClientFrame)
 
 
+class _Envelope(BaseModel):
+    """What an error frame needs from a frame that parsed but did not validate: any fields,
+    of any type, only these two kept."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: object = None
+    request_id: object = None
+
+
+_ENVELOPE = TypeAdapter(_Envelope)
+
+
 class FrameError(ApiError):
     """A frame refused; ``request_id`` is echoed in the error frame when the client gave one."""
 
@@ -56,30 +70,37 @@ def parse_frame(
 ) -> ChatFrame | CancelFrame | PingFrame:
     if text is None:
         raise FrameError("validation_error", "frame: frames are JSON text, not binary")
-    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+    # surrogatepass: a ``str`` may hold unpaired surrogates (not from a real socket, which
+    # checks UTF-8, but from any in-process caller); they are counted here and refused below.
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise FrameError("payload_too_large", f"the frame is larger than {max_bytes} bytes")
     try:
-        data: Any = json.loads(text)
-    except ValueError:
-        raise FrameError("invalid_json", "the frame is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise FrameError("validation_error", "frame: must be a JSON object")
-    raw_id = data.get("request_id")
-    request_id = raw_id if isinstance(raw_id, str) and REQUEST_ID.match(raw_id) else None
-    if data.get("type") not in ("chat", "cancel", "ping"):
-        raise FrameError(
-            "validation_error",
-            "type: must be one of chat, cancel, ping",
-            request_id=request_id,
-        )
-    try:
-        frame = _FRAME.validate_python(data)
+        frame = _FRAME.validate_json(text)
     except ValidationError as exc:
-        message = describe(exc).removeprefix(f"{data['type']}.")
-        raise FrameError("validation_error", message, request_id=request_id) from None
+        raise _refused(text, exc) from None
     if isinstance(frame, ChatFrame):
         try:
             check_content(frame.content, max_chars=max_chars)
         except ApiError as exc:
-            raise FrameError(exc.code, exc.message, request_id=request_id) from None
+            raise FrameError(exc.code, exc.message, request_id=frame.request_id) from None
     return frame
+
+
+def _refused(text: str, exc: ValidationError) -> FrameError:
+    """The error frame for ``text``, which did not validate: echoing its request id when it
+    parsed and carries a valid one, naming the field without the frame type's prefix."""
+    if (error := unparsed(exc, what="frame")) is not None:
+        return FrameError(error.code, error.message)  # no request id could be read
+    try:
+        # Parsed again, leniently, only on this error path; it parsed once, so it parses now.
+        envelope = _ENVELOPE.validate_json(text)
+    except ValidationError:
+        return FrameError("validation_error", "frame: must be a JSON object")
+    raw_id = envelope.request_id
+    request_id = raw_id if isinstance(raw_id, str) and REQUEST_ID.match(raw_id) else None
+    if envelope.type not in FRAME_TYPES:
+        return FrameError(
+            "validation_error", "type: must be one of chat, cancel, ping", request_id=request_id
+        )
+    message = describe(exc).removeprefix(f"{envelope.type}.")
+    return FrameError("validation_error", message, request_id=request_id)
