@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import logging.config
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import uvicorn
-from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
-from src.logs import logging_config
+from src.logs import configured_secrets, logging_config
 from src.services.auth import TokenService
-from src.services.database.migrations import upgrade_to_head
-from src.settings import Settings
+from src.services.database.engine import DatabaseTimeout, create_engine, unavailable
+from src.services.database.migrations import MigrationLockTimeout, upgrade_to_head
+from src.settings import BadSettings, Settings, load_settings, redact_url
 
 log = logging.getLogger("isochat")
+
+# Exit codes: settings to fix (nothing was touched), and a database that could not be reached.
+EXIT_BAD_SETTINGS = 2
+EXIT_DATABASE_UNREACHABLE = 1
+REASON_MAX_CHARS = 200
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        messages = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        print(f"isochat: invalid settings: {messages}", file=sys.stderr)
-        return 2
-    log_config = logging_config(level=settings.log_level, fmt=settings.log_format)
+        settings = load_settings()
+    except BadSettings as exc:
+        # One line per bad variable, no traceback: the operator has a setting to fix, and
+        # the line says which one and what it takes.
+        for line in exc.problems:
+            print(f"isochat: {line}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    log_config = logging_config(
+        level=settings.log_level, fmt=settings.log_format, secrets=configured_secrets(settings)
+    )
     logging.config.dictConfig(log_config)
 
     if args.command == "token":
@@ -49,12 +64,73 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    upgrade_to_head(settings.database_url)
+    problem = prepare_database(settings)
+    if problem is not None:
+        print(f"isochat: {problem}", file=sys.stderr)
+        return EXIT_DATABASE_UNREACHABLE
     if args.command == "serve":
         # Runs a stopped server left `running` are ended by each worker's lease sweep once
         # their leases expire; live runs of other hosts are never touched.
         serve(settings, log_config=log_config)
     return 0
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """Migrate the database to the newest revision; when it cannot be reached, one line that
+    says where (without the password) and why, instead of a driver's traceback."""
+    url = settings.database_url
+    try:
+        if make_url(url).get_backend_name() != "sqlite":
+            # A network database is tried first within ISOCHAT_DB_TIMEOUT_S: the migration's
+            # own connection would wait for the driver's default (a minute for asyncpg).
+            asyncio.run(ping_database(url, timeout_s=settings.db_timeout_s))
+        upgrade_to_head(url)
+    except MigrationLockTimeout as exc:
+        return str(exc)
+    except Exception as exc:
+        # Only failures to reach the database; a broken migration keeps its traceback.
+        if not (unavailable(exc) or isinstance(exc, OSError | DBAPIError)):
+            raise
+        reason = unreachable_reason(exc, url=url, timeout_s=settings.db_timeout_s)
+        return f"cannot reach the database at {redact_url(url)}: {reason}"
+    return None
+
+
+async def ping_database(url: str, *, timeout_s: float) -> None:
+    """Connect to the database at ``url`` and run ``SELECT 1``, within about ``timeout_s``."""
+    engine = create_engine(url, pool_size=1, max_overflow=0, timeout_s=timeout_s)
+    try:
+        # The driver bounds connecting and the statement; this bounds what it cannot (DNS).
+        async with asyncio.timeout(2 * timeout_s):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    except TimeoutError as exc:
+        raise DatabaseTimeout(f"no answer within {timeout_s:g} s") from exc
+    finally:
+        await engine.dispose()
+
+
+def unreachable_reason(exc: BaseException, *, url: str, timeout_s: float) -> str:
+    """Why the database could not be reached, short, and never with the URL's password."""
+    cause: BaseException = exc
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
+        cause = exc.orig  # the driver's own words, without SQLAlchemy's statement and link
+    if isinstance(cause, TimeoutError | DatabaseTimeout):
+        reason = f"no answer within {timeout_s:g} s (ISOCHAT_DB_TIMEOUT_S)"
+    elif isinstance(cause, ConnectionRefusedError):
+        reason = "connection refused"
+    elif isinstance(cause, socket.gaierror):
+        reason = f"unknown host ({cause.strerror})"
+    else:
+        lines = str(cause).strip().splitlines()
+        reason = lines[0] if lines else type(cause).__name__
+    password = make_url(url).password
+    if password:
+        for spelling in {str(password), unquote(str(password))}:
+            reason = reason.replace(spelling, "***")
+    if len(reason) > REASON_MAX_CHARS:
+        reason = reason[:REASON_MAX_CHARS] + "..."
+    return reason
 
 
 def serve(settings: Settings, *, log_config: dict[str, Any]) -> None:

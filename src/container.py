@@ -25,7 +25,7 @@ from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
 from src.agents.triage import TriageAgent
 from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
-from src.services.auth import TokenService
+from src.services.auth import InProcessUsedTickets, RedisUsedTickets, TokenService, WsTickets
 from src.services.broker import EventBroker, InProcessBroker
 from src.services.chat import ChatService
 from src.services.database.engine import Database, create_engine
@@ -171,6 +171,17 @@ class AppContainer(containers.DeclarativeContainer):
     tokens = providers.Singleton(
         TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
     )
+    # WebSocket tickets are single-use on every worker and host: their uses are recorded where
+    # the broker is.
+    ws_tickets = providers.Singleton(
+        WsTickets,
+        secret=settings.provided.auth_secret,
+        used=providers.Selector(
+            settings.provided.broker_kind,
+            memory=providers.Singleton(InProcessUsedTickets),
+            redis=providers.Singleton(RedisUsedTickets, settings.provided.broker_url),
+        ),
+    )
     scope_monitor = providers.Singleton(
         ScopeMonitor,
         metrics,
@@ -232,6 +243,7 @@ async def shutdown(container: AppContainer) -> None:
         log.warning("%d run(s) did not record their end at shutdown; their leases expire", left)
     await container.rate_limiter().aclose()
     await container.socket_counter().aclose()
+    await container.ws_tickets().aclose()
     await container.broker().aclose()
     await container.llm().aclose()
     await container.database().dispose()

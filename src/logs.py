@@ -1,21 +1,39 @@
-"""Logging: ids from context on every line, JSON or console format, uvicorn's lines included.
+"""Logging: ids from context on every line, JSON or console format, uvicorn's lines included,
+and no secret on any of them.
 
 ``bind(request_id=..., user_id=...)`` adds ids to the current context (a request's task, a run's
 task and the tasks they create inherit them); ``ContextFilter`` puts them on every record, so
 no call site passes them by hand.
+
+``RedactingFilter`` sits on the one handler every logger writes through (isochat's, uvicorn's,
+SQLAlchemy's, alembic's, httpx's, ...) and rewrites each record before any formatter sees it:
+the message merged with its args (uvicorn passes the request path, query string included, as
+an arg), the exception text and the stack. The formatters redact what they produce once more,
+so a record that reached them some other way is covered too. What goes: bearer tokens and
+anything JWT-shaped, ``token=`` / ``ticket=`` / ``api_key=`` / ``password=`` values, the
+password of any ``scheme://user:password@host`` URL, the ``isochat.bearer`` WebSocket
+subprotocol's token, and the literal secrets of the configuration (the model's API key, the
+auth secret, the database's and Redis's passwords).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from src.settings import Settings
 
 CONTEXT_FIELDS = ("request_id", "user_id", "thread_id", "run_id")
 
@@ -52,43 +70,163 @@ class ContextFilter(logging.Filter):
         return True
 
 
+REDACTED = "[REDACTED]"
+# A literal secret shorter than this is not searched for: replacing every occurrence of a short
+# value would shred the logs (and tell the value by where it is missing). Such values are still
+# caught wherever they appear in a recognisable place (a URL's password, ``password=...``).
+MIN_LITERAL_SECRET_CHARS = 8
+
+_KEYS = r"(?:access_|refresh_|id_)?token|ticket|api[_-]?key|apikey|password|passwd|secret"
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # scheme://user:password@host: the password (up to the last @ before white space, so an
+    # unescaped @ in it does not leave the rest behind); the user stays, as SQLAlchemy shows it.
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)\S+(?=@)"), r"\1***"),
+    # Authorization: Bearer <token>, in headers, reprs of headers, error messages.
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + REDACTED),
+    # JWTs (isochat's bearer tokens and WebSocket tickets), whole or cut short: their first
+    # part is always base64 of '{"', that is "eyJ".
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    # ?token=... / &ticket=... in paths, and key=value pairs in messages (not again once
+    # redacted: a line passes both the filter and the formatter).
+    (
+        re.compile(rf"(?i)(?<![A-Za-z0-9_])((?:{_KEYS})=)(?!\[REDACTED\])[^&\s#'\",;)\]}}]+"),
+        r"\1" + REDACTED,
+    ),
+    # 'password': '...' / "api_key": "..." in reprs of dicts and JSON bodies.
+    (
+        re.compile(rf"(?i)(['\"](?:{_KEYS}|authorization)['\"]\s*:\s*['\"])[^'\"]+"),
+        r"\1" + REDACTED,
+    ),
+    # Sec-WebSocket-Protocol: isochat.bearer, <token> (the browsers' way to send a token).
+    (re.compile(r"(?i)(isochat\.bearer\s*,\s*)[^\s,'\"]+"), r"\1" + REDACTED),
+)
+
+
+class Redactor:
+    """Removes secrets from a text: the patterns above, and ``secrets`` wherever they appear
+    (also URL-encoded, as they are inside URLs)."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        literals: set[str] = set()
+        for secret in secrets:
+            if secret and len(secret) >= MIN_LITERAL_SECRET_CHARS:
+                literals.update({secret, quote(secret, safe=""), unquote(secret)})
+        # Longest first, so that a secret containing another one goes whole.
+        ordered = sorted(literals, key=len, reverse=True)
+        self._literals = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, text: str) -> str:
+        if self._literals is not None:
+            text = self._literals.sub(REDACTED, text)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record without its secrets: the message merged with its args, the exception
+    text, the stack. Put it on handlers (a logger's filters miss the records its children
+    propagate); every handler after it sees the clean record."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__()
+        self._redact = Redactor(secrets)
+        self._exceptions = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Merged first: an arg alone may look harmless ("/ws?token=" + a value) and the
+        # formatters would only merge them again later.
+        record.msg = self._redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._exceptions.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__()
+        self._redact = Redactor(secrets)
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self._redact(record.getMessage()),
         }
         for field in CONTEXT_FIELDS:
             value = getattr(record, field, None)
             if value is not None:
                 line[field] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        exception = record.exc_text or (
+            self.formatException(record.exc_info) if record.exc_info else None
+        )
+        if exception:
+            line["exception"] = self._redact(exception)
+        if record.stack_info:
+            line["stack"] = self._redact(record.stack_info)
         return json.dumps(line, ensure_ascii=False)
 
 
 class ConsoleFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s%(ids)s")
+        self._redact = Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         ids = [f"{f}={getattr(record, f)}" for f in CONTEXT_FIELDS if getattr(record, f, None)]
         record.ids = f" [{' '.join(ids)}]" if ids else ""
-        return super().format(record)
+        return self._redact(super().format(record))
 
 
-def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
+def configured_secrets(settings: Settings) -> list[str]:
+    """The literal secrets of ``settings`` that must never be logged."""
+    secrets = [settings.auth_secret]
+    if settings.llm_api_key:
+        secrets.append(settings.llm_api_key)
+    for url in (settings.database_url, settings.broker_url, settings.llm_base_url or ""):
+        try:
+            password = urlsplit(url).password
+        except ValueError:  # not a URL that can carry one
+            password = None
+        if password:
+            secrets.append(unquote(password))
+    return secrets
+
+
+def logging_config(
+    *, level: str, fmt: str, secrets: Iterable[str | None] | None = None
+) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for isochat and uvicorn alike (uvicorn applies it in
-    each worker process)."""
+    each worker process). Every line goes through one handler, which redacts secrets (see the
+    module's doc); ``secrets`` are the literal values to redact besides the patterns, by default
+    those of the operator's settings (``configured_secrets(Settings())``)."""
+    if secrets is None:
+        try:
+            secrets = configured_secrets(Settings())
+        except (ValidationError, SettingsError):
+            secrets = []  # start-up reports the bad setting; the patterns still apply
+    literals = [s for s in secrets if s]
     formatter = "src.logs.JsonFormatter" if fmt == "json" else "src.logs.ConsoleFormatter"
-    handler = {"class": "logging.StreamHandler", "formatter": "default", "filters": ["context"]}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "default",
+        # Redacted after the ids are added, so that nothing added later escapes it.
+        "filters": ["context", "redact"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": "src.logs.ContextFilter"}},
-        "formatters": {"default": {"()": formatter}},
+        "filters": {
+            "context": {"()": "src.logs.ContextFilter"},
+            "redact": {"()": "src.logs.RedactingFilter", "secrets": literals},
+        },
+        "formatters": {"default": {"()": formatter, "secrets": literals}},
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {

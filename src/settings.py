@@ -1,14 +1,45 @@
-"""Operator settings: the only place that reads the environment (``ISOCHAT_*`` and ``.env``)."""
+"""Operator settings: the only place that reads the environment (``ISOCHAT_*`` and ``.env``).
+
+``load_settings()`` is how a process starts: a bad value is refused with one line per variable
+that names it and says what is expected (``BadSettings.problems``), never with pydantic's
+report, which names fields, not the variables an operator sets.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, model_validator
+import annotated_types
+import pydantic_settings
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 # Known to everybody who can read this file: fine on a laptop, refused in production.
 DEVELOPMENT_AUTH_SECRET = "isochat-development-secret-change-me"
+ENV_PREFIX = "ISOCHAT_"
+
+# The URL schemes ISOCHAT_DATABASE_URL takes, and the driver each one runs on. People write
+# postgresql:// (libpq's form); SQLAlchemy would pick psycopg for it, which is not installed,
+# so it is mapped to the async driver isochat ships with.
+DATABASE_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+# Never echoed in an error: a typo in a secret is still mostly the secret.
+SECRET_FIELDS = frozenset({"auth_secret", "llm_api_key"})
+URL_FIELDS = frozenset({"database_url", "broker_url", "llm_base_url"})
+SHOWN_INPUT_CHARS = 60
+# The password of scheme://user:password@host... (SQLAlchemy's own rule: no "@" in it).
+_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@]*:)[^@]*@")
+_LIBPQ_SSLMODE = re.compile(r"([?&])sslmode=")
 
 
 class Settings(BaseSettings):
@@ -63,6 +94,31 @@ class Settings(BaseSettings):
     # On SIGTERM / Ctrl-C: how long runs in flight may go on before they are ended `cancelled`.
     shutdown_timeout_s: int = Field(default=10, ge=0)
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        """postgresql:// and postgres:// run on asyncpg, sqlite:// on aiosqlite; anything else
+        is refused here rather than failing later in a driver import."""
+        scheme, separator, rest = url.strip().partition("://")
+        driver = DATABASE_DRIVERS.get(scheme.lower()) if separator else None
+        if driver is None:
+            raise ValueError(
+                "expected a URL starting with postgresql://, postgres://, postgresql+asyncpg://, "
+                f"sqlite:// or sqlite+aiosqlite://, got {_shown(url, secret_url=True)}"
+            )
+        if driver == "postgresql+asyncpg":
+            # libpq's sslmode=require is asyncpg's ssl=require (same values).
+            rest = _LIBPQ_SSLMODE.sub(r"\1ssl=", rest)
+        mapped = f"{driver}://{rest}"
+        try:
+            make_url(mapped)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "expected a URL like postgresql://user:password@host:5432/db or "
+                f"sqlite:///./var/isochat.db, got {_shown(url, secret_url=True)}"
+            ) from None
+        return mapped
+
     @model_validator(mode="after")
     def _production_needs_a_real_secret(self) -> Settings:
         if self.env == "production" and (
@@ -110,3 +166,121 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+
+class BadSettings(Exception):
+    """Settings an operator must fix: ``problems`` holds one line for each, naming the
+    variable and saying what is expected."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_settings(**values: Any) -> Settings:
+    """``Settings(**values)``, or ``BadSettings`` saying in the operator's terms what is wrong."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise BadSettings(describe_errors(exc)) from None
+    except pydantic_settings.SettingsError as exc:
+        # A value pydantic-settings could not even decode (JSON of a list or dict setting).
+        raise BadSettings([_undecodable(exc)]) from None
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per bad variable: ``ISOCHAT_PORT: expected a whole number from 0 to 65535,
+    got 'abc'``. A model validator's message, which names its variables itself, is kept."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for error in exc.errors():
+        loc = error["loc"]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not loc:
+            problems.append(message)
+            continue
+        name = _field_name(str(loc[0]))
+        variable = env_variable(name) if name else str(loc[0])
+        if variable in seen:
+            continue  # one line per variable, even when a union reports each of its arms
+        seen.add(variable)
+        if error["type"] == "value_error" or name is None:
+            problems.append(f"{variable}: {message}")
+            continue
+        expected = describe_field(Settings.model_fields[name])
+        if name in SECRET_FIELDS:
+            problems.append(f"{variable}: expected {expected}")
+        else:
+            shown = _shown(error["input"], secret_url=name in URL_FIELDS)
+            problems.append(f"{variable}: expected {expected}, got {shown}")
+    return problems
+
+
+def env_variable(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    alias = Settings.model_fields[field_name].validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + field_name.upper()
+
+
+def describe_field(field: FieldInfo) -> str:
+    """What a field takes, in words: "a whole number from 0 to 65535", "console or json"."""
+    annotation = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        arms = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = arms[0] if len(arms) == 1 else annotation
+    if get_origin(annotation) is Literal:
+        return _either([str(option) for option in get_args(annotation)])
+    if annotation is bool:
+        return "true or false"
+    if annotation in (int, float):
+        kind = "a whole number" if annotation is int else "a number"
+        return f"{kind}{_bounds(field.metadata)}"
+    return "text"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``: fit for a log line or an error."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", url)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    limits: dict[str, Any] = {}
+    for item in metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if isinstance(item, getattr(annotated_types, kind.title())):
+                limits[kind] = getattr(item, kind)
+    if "ge" in limits and "le" in limits:
+        return f" from {limits['ge']} to {limits['le']}"
+    words = {"ge": "of at least", "gt": "greater than", "le": "of at most", "lt": "less than"}
+    said = " and ".join(f"{words[kind]} {limit}" for kind, limit in limits.items())
+    return f" {said}" if said else ""
+
+
+def _either(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+
+
+def _field_name(loc: str) -> str | None:
+    """The field an error's location names (a field name, or the alias it is read by)."""
+    for name, field in Settings.model_fields.items():
+        if loc in (name, field.validation_alias):
+            return name
+    return None
+
+
+def _shown(value: object, *, secret_url: bool = False) -> str:
+    """``value`` quoted for an error line: shortened, and a URL without its password."""
+    if not isinstance(value, str):
+        return repr(value)
+    text = redact_url(value) if secret_url else value
+    if len(text) > SHOWN_INPUT_CHARS:
+        text = text[:SHOWN_INPUT_CHARS] + "..."
+    return repr(text)
+
+
+def _undecodable(exc: pydantic_settings.SettingsError) -> str:
+    found = re.search(r'field "(\w+)"', str(exc))
+    name = found.group(1) if found and found.group(1) in Settings.model_fields else None
+    if name is None:
+        return f"invalid settings: {exc}"
+    return f"{env_variable(name)}: expected {describe_field(Settings.model_fields[name])} (JSON)"

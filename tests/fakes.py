@@ -54,6 +54,9 @@ class FlakyLLM:
     async def aclose(self) -> None:
         await self._model.aclose()
 
+    async def is_available(self) -> bool:
+        return await self._model.is_available()
+
     async def complete(self, messages: Sequence[ChatMessage]) -> str:
         self._check(messages)
         return await self._model.complete(messages)

@@ -41,7 +41,13 @@ class FakeModelServer:
         self.stream_closed = asyncio.Event()
         self._release = asyncio.Event()
         self.base_url = ""  # set once it is served
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                # What readiness asks an OpenAI-compatible server.
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
 
     def release(self) -> None:
         """Let hanging handlers return, so that the server can stop."""
@@ -49,6 +55,9 @@ class FakeModelServer:
 
     def answer_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if not _is_route_choice(r)]
+
+    async def _models(self, _: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     async def _chat(self, request: Request) -> Response:
         raw = await request.body()

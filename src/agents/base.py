@@ -7,9 +7,18 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol
 
-from src.agents.tools import Tool, ToolError
+from src.agents.tools import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, Tool, ToolError, truncate
 
 log = logging.getLogger(__name__)
+
+# Caps on what agents produce, enforced here for every agent and tool (teams' own included),
+# each cut said in the text (it ends with TRUNCATED):
+# - an answer (the assistant's message, in ``run_completed``);
+MAX_ANSWER_CHARS = 16_000
+# - each text an event carries: ``agent_thinking``'s text, a tool's input and output, an agent's
+#   result. Every event is a stored row sent to every socket of the user; an agent that has
+#   more to say says it in several events (see GeneralAgent).
+MAX_EVENT_TEXT_CHARS = 4_000
 
 
 class RunEvents(Protocol):
@@ -39,26 +48,49 @@ class Agent(ABC):
         """Answer ``content``, reporting start and result as events."""
         log.debug("agent %s started", self.name)
         await self._events.emit("agent_started", agent=self.name)
-        result = await self.answer(content)
+        result = truncate(await self.answer(content), MAX_ANSWER_CHARS)
         log.debug("agent %s completed", self.name)
-        await self._events.emit("agent_completed", agent=self.name, data={"result": result})
+        await self._events.emit(
+            "agent_completed",
+            agent=self.name,
+            data={"result": truncate(result, MAX_EVENT_TEXT_CHARS)},
+        )
         return result
 
     @abstractmethod
     async def answer(self, content: str) -> str: ...
 
     async def think(self, text: str) -> None:
-        await self._events.emit("agent_thinking", agent=self.name, data={"text": text})
+        await self._events.emit(
+            "agent_thinking", agent=self.name, data={"text": truncate(text, MAX_EVENT_TEXT_CHARS)}
+        )
 
     async def use_tool(self, tool: Tool, tool_input: str) -> str:
+        """``tool``'s output for ``tool_input``, cut to ``MAX_TOOL_OUTPUT_CHARS``. The tool
+        gets the whole input; the event shows it cut to ``MAX_EVENT_TEXT_CHARS``."""
         await self._events.emit(
-            "tool_executing", agent=self.name, data={"tool": tool.name, "input": tool_input}
+            "tool_executing",
+            agent=self.name,
+            data={"tool": tool.name, "input": truncate(tool_input, MAX_EVENT_TEXT_CHARS)},
         )
-        output = await tool(tool_input)
+        output = truncate(await tool(tool_input), MAX_TOOL_OUTPUT_CHARS)
         await self._events.emit(
-            "tool_completed", agent=self.name, data={"tool": tool.name, "output": output}
+            "tool_completed",
+            agent=self.name,
+            data={"tool": tool.name, "output": truncate(output, MAX_EVENT_TEXT_CHARS)},
         )
         return output
 
 
-__all__ = ["Agent", "AgentError", "AgentTracker", "RunEvents", "ToolError"]
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "MAX_EVENT_TEXT_CHARS",
+    "MAX_TOOL_OUTPUT_CHARS",
+    "TRUNCATED",
+    "Agent",
+    "AgentError",
+    "AgentTracker",
+    "RunEvents",
+    "ToolError",
+    "truncate",
+]

@@ -6,7 +6,15 @@ import asyncio
 import contextlib
 import re
 
-from src.agents.base import Agent, AgentError, AgentTracker, RunEvents
+from src.agents.base import (
+    MAX_ANSWER_CHARS,
+    MAX_EVENT_TEXT_CHARS,
+    TRUNCATED,
+    Agent,
+    AgentError,
+    AgentTracker,
+    RunEvents,
+)
 from src.agents.tools import NO_EARLIER_MESSAGES, Calculator, ConversationHistory
 from src.services.domain import Message
 from src.services.llm import LLM, ChatMessage
@@ -78,12 +86,20 @@ class GeneralAgent(Agent):
         prompt += [_as_chat(m) for m in earlier]
         prompt.append(ChatMessage("user", content))
         loop = asyncio.get_running_loop()
-        answer, pending, last_sent = "", "", loop.time()
-        # aclosing: if this run stops (cancelled, failed), the model's stream closes now.
+        # What fits before the truncation note: an answer longer than MAX_ANSWER_CHARS keeps
+        # this much of its start. Thinking never goes past it, so the thinking events never
+        # say more than the answer does.
+        kept = MAX_ANSWER_CHARS - len(TRUNCATED)
+        answer, sent, last_sent, too_long = "", 0, loop.time(), False
+        # aclosing: if this run stops (cancelled, failed, or the answer outgrew its cap), the
+        # model's stream closes now.
         async with contextlib.aclosing(self._llm.stream(prompt)) as pieces:
             async for piece in pieces:
                 answer += piece
-                pending += piece
+                if len(answer) > MAX_ANSWER_CHARS:
+                    too_long = True  # the rest would be cut anyway: stop the model here
+                    break
+                pending = answer[sent:kept]
                 # A sentence, a screenful or a moment at a time, not every token: each event
                 # is a stored row.
                 if (
@@ -91,13 +107,21 @@ class GeneralAgent(Agent):
                     or len(pending) >= THINKING_MAX_CHARS
                     or loop.time() - last_sent >= THINKING_EVERY_S
                 ) and pending.strip():
-                    await self.think(pending.strip())
-                    pending, last_sent = "", loop.time()
-        if pending.strip():
-            await self.think(pending.strip())
+                    await self._think_in_events(pending.strip())
+                    sent, last_sent = sent + len(pending), loop.time()
+        if too_long:
+            answer = answer[:kept] + TRUNCATED
+        if answer[sent:].strip():
+            await self._think_in_events(answer[sent:].strip())
         if not answer.strip():
             raise AgentError("the model gave an empty answer")
         return answer.strip()
+
+    async def _think_in_events(self, text: str) -> None:
+        """``text`` as thinking, in as many events as the event text cap needs (a model may
+        send one huge piece)."""
+        for start in range(0, len(text), MAX_EVENT_TEXT_CHARS):
+            await self.think(text[start : start + MAX_EVENT_TEXT_CHARS])
 
 
 def _as_chat(message: Message) -> ChatMessage:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal, DecimalException, DivisionByZero, InvalidOperation, localcontext
 from typing import Protocol
 
@@ -27,6 +27,16 @@ class Tool(Protocol):
 
 
 NO_EARLIER_MESSAGES = "no earlier messages"
+# Every tool's output is cut to this by the agent that calls it (``Agent.use_tool``): it is
+# stored in an event and handed on to the answer, so no tool can flood a run.
+MAX_TOOL_OUTPUT_CHARS = 4_000
+# Said at the end of a text a cap has cut; counted within the cap.
+TRUNCATED = "\u2026 [truncated]"
+# The history tool summarises within the tool cap instead of replaying whole messages: the last
+# HISTORY_MESSAGES_SHOWN messages, each cut to an excerpt. 10 * (300 + ~40) + two header lines
+# stays under MAX_TOOL_OUTPUT_CHARS, so the tool cap never has to cut the summary.
+HISTORY_MESSAGES_SHOWN = 10
+HISTORY_EXCERPT_CHARS = 300
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 100
 MAX_DIGITS = 60
@@ -126,7 +136,42 @@ class ConversationHistory:
 
     async def __call__(self, tool_input: str) -> str:
         earlier = await self.earlier(role="user")
-        if not earlier:
-            return NO_EARLIER_MESSAGES
-        lines = [f"{i}. {m.content}" for i, m in enumerate(earlier, start=1)]
-        return f"{len(earlier)} earlier message(s):\n" + "\n".join(lines)
+        return summarise_messages([m.content for m in earlier])
+
+
+def summarise_messages(contents: Sequence[str]) -> str:
+    """The user's earlier messages as a numbered list that fits the tool cap: the newest
+    ``HISTORY_MESSAGES_SHOWN``, each an excerpt, with a note of what was left out."""
+    if not contents:
+        return NO_EARLIER_MESSAGES
+    first_shown = max(0, len(contents) - HISTORY_MESSAGES_SHOWN)
+    lines = [f"{len(contents)} earlier message(s):"]
+    if first_shown:
+        lines.append(f"... ({first_shown} earlier {_messages(first_shown)} not shown)")
+    lines += [
+        f"{number}. {excerpt(content, HISTORY_EXCERPT_CHARS)}"
+        for number, content in enumerate(contents[first_shown:], start=first_shown + 1)
+    ]
+    # A backstop only: the constants above keep the summary within the cap.
+    return truncate("\n".join(lines), MAX_TOOL_OUTPUT_CHARS)
+
+
+def excerpt(text: str, limit: int) -> str:
+    """``text`` on one line (runs of white space as one space); past ``limit`` characters,
+    its first ``limit`` followed by a note of how long it was."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    return f"{flat[:limit].rstrip()}\u2026 [truncated: {len(text):,} characters]"
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and ``TRUNCATED``, in
+    ``limit`` characters all told."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(TRUNCATED))] + TRUNCATED
+
+
+def _messages(count: int) -> str:
+    return "message" if count == 1 else "messages"

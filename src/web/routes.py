@@ -11,9 +11,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from src.container import AppContainer
 from src.logs import bind
-from src.services.auth import valid_user_id
+from src.services.auth import WsTickets, valid_user_id
 from src.services.chat import ChatService
 from src.services.errors import Unauthorized
+from src.services.llm import LLM
 from src.settings import Settings
 from src.web.bodies import DevLogin, NewMessage, NewThread, check_content, read_json
 from src.web.errors import ApiError, error_response
@@ -65,21 +66,39 @@ async def live(_: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """Ready when the database answers a new client, its schema is at the newest migration,
-    and events can be delivered; otherwise 503 naming the failing checks."""
+    events can be delivered and the language model answers; otherwise 503 naming the failing
+    checks. The checks run side by side, so the answer takes as long as the slowest one."""
     container = _container(request)
-    checks = {"database": "ok", "migrations": "ok", "broker": "ok"}
-    try:
-        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-            if not await container.database().schema_is_current():
-                checks["migrations"] = "behind"
-    except Exception:
-        checks["database"] = "unavailable"
-        checks["migrations"] = "unknown"
-    try:
-        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-            await container.broker().ping()
-    except Exception:
-        checks["broker"] = "unavailable"
+    checks = {"database": "ok", "migrations": "ok", "broker": "ok", "model": "ok"}
+
+    async def database() -> None:
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                if not await container.database().schema_is_current():
+                    checks["migrations"] = "behind"
+        except Exception:
+            checks["database"] = "unavailable"
+            checks["migrations"] = "unknown"
+
+    async def broker() -> None:
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                await container.broker().ping()
+        except Exception:
+            checks["broker"] = "unavailable"
+
+    async def model() -> None:
+        # The model caches its answer (and probes once at a time), so frequent readiness
+        # probes from every load balancer cost the model server almost nothing.
+        llm: LLM = container.llm()
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                if not await llm.is_available():
+                    checks["model"] = "unavailable"
+        except Exception:
+            checks["model"] = "unavailable"
+
+    await asyncio.gather(database(), broker(), model())
     failing = [name for name, state in checks.items() if state != "ok"]
     if not failing:
         return _json({"status": "ok", "checks": checks})
@@ -111,6 +130,14 @@ async def dev_login(request: Request) -> Response:
             "user_id: 1-200 characters of letters, digits and . _ @ -",
         )
     return _json({"token": _container(request).tokens().issue(body.user_id)})
+
+
+async def ws_ticket(request: Request) -> Response:
+    """A ticket that opens one WebSocket (``/ws?ticket=...``) within ``expires_in`` seconds:
+    the long-lived bearer token stays in a header, out of URLs and access logs."""
+    user = await authenticated_user(request)
+    tickets: WsTickets = _container(request).ws_tickets()
+    return _json({"ticket": tickets.issue(user), "expires_in": tickets.ttl_s})
 
 
 # threads and messages
@@ -189,6 +216,7 @@ ROUTES = [
     Route("/health/ready", ready, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/api/auth/dev-login", dev_login, methods=["POST"]),
+    Route("/api/auth/ws-ticket", ws_ticket, methods=["POST"]),
     Route("/api/threads", create_thread, methods=["POST"]),
     Route("/api/threads", list_threads, methods=["GET"]),
     Route("/api/threads/{id}", get_thread, methods=["GET"]),

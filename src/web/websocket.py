@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import uuid
@@ -26,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from src.container import AppContainer, request_scope
 from src.logs import bind, log_failure
+from src.services.auth import TicketCheckUnavailable, WsTickets
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
@@ -38,26 +40,57 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4408
 CLOSE_TOO_MANY_CONNECTIONS = 4429
+CLOSE_TRY_AGAIN_LATER = 1013
+# Browsers cannot set headers on a WebSocket: they send the token as a second subprotocol.
+BEARER_SUBPROTOCOL = "isochat.bearer"
 
 
-def _user_of(websocket: WebSocket, container: AppContainer) -> str:
+def _bearer_subprotocol(websocket: WebSocket) -> str | None:
+    """The token a browser sent as subprotocols ``["isochat.bearer", "<token>"]``, if any."""
+    offered = websocket.scope.get("subprotocols") or []
+    if BEARER_SUBPROTOCOL not in offered:
+        return None
+    others = [p for p in offered if p != BEARER_SUBPROTOCOL]
+    return others[0] if others else ""
+
+
+async def _user_of(websocket: WebSocket, container: AppContainer) -> str:
+    """The user the socket authenticates as, by the first of: ``Authorization: Bearer``, the
+    ``isochat.bearer`` subprotocol, a ``ticket`` (single use), a ``token`` in the query (kept
+    for clients that have nothing else; redacted from every log line)."""
     header = websocket.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        token = _bearer_subprotocol(websocket) or ""
+    if not token.strip() and (ticket := websocket.query_params.get("ticket", "").strip()):
+        tickets: WsTickets = container.ws_tickets()
+        return await tickets.redeem(ticket)
+    if not token.strip():
         token = websocket.query_params.get("token", "")
     if not token.strip():
-        raise Unauthorized("send Authorization: Bearer <token> or ?token=<token>")
+        raise Unauthorized(
+            "send Authorization: Bearer <token>, the subprotocols isochat.bearer and <token>, "
+            "or ?ticket=<ticket from POST /api/auth/ws-ticket>"
+        )
     user: str = container.tokens().user_of(token.strip())
     return user
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     container: AppContainer = websocket.app.state.container
-    await websocket.accept()
+    # A client that offered the bearer subprotocol must get it back (a browser drops a socket
+    # whose server picks none of the offered ones); never the token, which it also offered.
+    offered = _bearer_subprotocol(websocket) is not None
+    await websocket.accept(subprotocol=BEARER_SUBPROTOCOL if offered else None)
     try:
-        user_id = _user_of(websocket, container)
+        user_id = await _user_of(websocket, container)
     except Unauthorized:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
+        return
+    except TicketCheckUnavailable:
+        # Whether the ticket was used already cannot be checked: refused, never let through
+        # (a replay must not pass); the client retries with a new ticket.
+        await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="cannot check tickets now; retry")
         return
     bind(user_id=user_id)
     limit = container.settings().max_ws_connections_per_user
@@ -139,21 +172,35 @@ class Connection:
             return  # the client is gone; the reader sees the disconnect too
 
     async def _handle(self, text: str | None, outbox: Subscription) -> None:
+        """Answers one frame. Whatever goes wrong with it ends here, answered: the reader
+        must outlive any one frame, since its end closes the socket and cancels its runs."""
+        request_id: str | None = None
         try:
             frame = parse_frame(text, max_bytes=self._max_bytes, max_chars=self._max_chars)
+            request_id = frame.request_id
+            if isinstance(frame, PingFrame):
+                outbox.offer({"type": "pong"})
+            elif isinstance(frame, CancelFrame):
+                # Never rate-limited, and never cancelled with the socket: it is what the user
+                # asked for, and it ends quickly.
+                self._start(self._cancel(frame, outbox), cancel_on_close=False)
+            elif await self._within_rate_limit(frame, outbox):
+                # Awaited here, in the reader, so that frames are counted in the order they came.
+                cancel_on_close = frame.on_disconnect == "cancel"
+                self._start(self._chat(frame, outbox), cancel_on_close=cancel_on_close)
         except FrameError as exc:
             outbox.offer(_error_frame(exc.code, exc.message, exc.request_id))
-            return
-        if isinstance(frame, PingFrame):
-            outbox.offer({"type": "pong"})
-        elif isinstance(frame, CancelFrame):
-            # Never rate-limited, and never cancelled with the socket: it is what the user
-            # asked for, and it ends quickly.
-            self._start(self._cancel(frame, outbox), cancel_on_close=False)
-        elif await self._within_rate_limit(frame, outbox):
-            # Awaited here, in the reader, so that frames are counted in the order they came.
-            cancel_on_close = frame.on_disconnect == "cancel"
-            self._start(self._chat(frame, outbox), cancel_on_close=cancel_on_close)
+        except Exception as exc:  # a bug: the client gets no details, the log gets them all
+            # Logged under the frame's request id (a new one when it has none), bound in a copy
+            # of the reader's context so that it does not stick to the frames that follow.
+            logged_id = request_id or str(uuid.uuid4())
+
+            def log_it(failure: Exception) -> None:
+                bind(request_id=logged_id)
+                log_failure(log, "unhandled error on a frame of %s", self._user_id, exc=failure)
+
+            contextvars.copy_context().run(log_it, exc)
+            outbox.offer(_error_frame("internal_error", "an internal error occurred", request_id))
 
     async def _within_rate_limit(self, frame: ChatFrame, outbox: Subscription) -> bool:
         try:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 ISOCHAT = str(Path(sys.executable).parent / "isochat")
 START_TIMEOUT_S = 60.0
 
-READY = {"database": "ok", "migrations": "ok", "broker": "ok"}
+READY = {"database": "ok", "migrations": "ok", "broker": "ok", "model": "ok"}
 
 
 def free_port() -> int:

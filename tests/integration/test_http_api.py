@@ -16,7 +16,7 @@ from src.services.domain import FINAL_EVENT_TYPES
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, orphan_run, send, wait_for_run
 
-READY = {"database": "ok", "migrations": "ok", "broker": "ok"}
+READY = {"database": "ok", "migrations": "ok", "broker": "ok", "model": "ok"}
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

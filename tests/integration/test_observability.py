@@ -158,7 +158,12 @@ async def test_readiness_follows_the_database_file(
         aside.rename(path)
     up = await client.get("/health/ready")
     assert up.status_code == 200
-    assert up.json()["checks"] == {"database": "ok", "migrations": "ok", "broker": "ok"}
+    assert up.json()["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "broker": "ok",
+        "model": "ok",
+    }
 
 
 async def test_readiness_reports_a_schema_behind_the_migrations(

@@ -75,7 +75,12 @@ async def test_a_chat_runs_and_replays_on_postgres(
     events = (await client.get(f"/api/runs/{body['run']['id']}/events", headers=headers)).json()
     assert [e["seq"] for e in events["events"]] == list(range(1, len(events["events"]) + 1))
     ready = await client.get("/health/ready")
-    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "broker": "ok",
+        "model": "ok",
+    }
 
 
 async def test_postgres_refuses_a_second_running_run_on_a_thread(

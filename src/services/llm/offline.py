@@ -27,6 +27,9 @@ class OfflineLLM:
     async def aclose(self) -> None:
         return None
 
+    async def is_available(self) -> bool:
+        return True  # nothing to reach
+
     async def complete(self, messages: Sequence[ChatMessage]) -> str:
         return "".join([piece async for piece in self.stream(messages)])
 
@@ -50,9 +53,19 @@ def _choose_route(system: str, user: str) -> str:
     return "general" if "general" in options else options[-1]
 
 
+# The general answer quotes the start of the message, not all of it: a message may be
+# thousands of characters, and one "word" of them may be the whole message.
+TOPIC_WORDS = 12
+TOPIC_MAX_CHARS = 80
+
+
 def _answer(user: str, *, history: Sequence[ChatMessage]) -> list[str]:
     words = user.split()
-    topic = " ".join(words[:12]) + (" ..." if len(words) > 12 else "")
+    topic = " ".join(words[:TOPIC_WORDS])
+    if len(topic) > TOPIC_MAX_CHARS:
+        topic = topic[:TOPIC_MAX_CHARS].rstrip() + " ..."
+    elif len(words) > TOPIC_WORDS:
+        topic += " ..."
     text = (
         f'You wrote {len(words)} word{"s" if len(words) != 1 else ""} about "{topic}". '
         "I am isochat's offline model, so I can only answer simply: "
