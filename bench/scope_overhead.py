@@ -170,6 +170,7 @@ def chat_service(objects: RequestObjects) -> ChatService:
     app = objects.app
     return ChatService(
         session=objects.session,
+        database=app.database,
         runs=app.runs,
         lease=app.lease,
         agents_for=objects.agents_for(),
@@ -277,6 +278,7 @@ class BenchProvider(Provider):
     def chat(
         self,
         session: AsyncSession,
+        database: Database,
         runs: RunRegistry,
         agents_for: BoundRunAgents,
         metrics: Metrics,
@@ -285,6 +287,7 @@ class BenchProvider(Provider):
     ) -> ChatService:
         return ChatService(
             session=session,
+            database=database,
             runs=runs,
             lease=lease,
             agents_for=agents_for,

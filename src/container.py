@@ -137,6 +137,7 @@ class RequestContainer(containers.DeclarativeContainer):
         providers.Factory(
             ChatService,
             session=session,
+            database=database,
             runs=runs,
             agents_for=agents_for,
             metrics=metrics,

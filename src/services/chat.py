@@ -9,14 +9,14 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.agents.context import RunContext
 from src.logs import bind, log_failure
 from src.services import ledger
 from src.services.broker import EventBroker
 from src.services.database import repositories as repo
-from src.services.database.engine import atomic
+from src.services.database.engine import Database, atomic
 from src.services.database.models import utcnow
 from src.services.domain import Event, Message, Run, RunError, Thread
 from src.services.errors import Conflict, NotFound
@@ -50,12 +50,14 @@ def is_uuid(value: str) -> bool:
 
 
 class ChatService:
-    """One request's use cases, on that request's session."""
+    """One request's use cases: reads on that request's session, writes through the database's
+    writer in transactions of their own."""
 
     def __init__(
         self,
         *,
         session: AsyncSession,
+        database: Database,
         runs: RunRegistry,
         agents_for: Callable[[RunContext], RunsAgents],
         metrics: RunMetrics,
@@ -66,6 +68,7 @@ class ChatService:
         self._broker = broker
         self._lease = lease
         self._session = session
+        self._database = database
         self._runs = runs
         self._agents_for = agents_for
         self._metrics = metrics
@@ -81,10 +84,10 @@ class ChatService:
             created_at=utcnow(),
         )
 
-        async def write(session: AsyncSession) -> None:
-            await repo.add_thread(session, thread)
+        async def write(conn: AsyncConnection) -> None:
+            await repo.add_thread(conn, thread)
 
-        await atomic(self._session, write)
+        await self._database.transaction(write)
         return thread
 
     async def list_threads(self, *, user_id: str) -> list[Thread]:
@@ -187,9 +190,9 @@ class ChatService:
             created_at=now,
         )
 
-        async def write(session: AsyncSession) -> None:
+        async def write(conn: AsyncConnection) -> None:
             await ledger.start(
-                session,
+                conn,
                 run=run,
                 message=message,
                 owner_id=self._lease.owner_id,
@@ -200,7 +203,7 @@ class ChatService:
 
         if not is_uuid(thread_id):
             raise NotFound("thread not found")
-        await atomic(self._session, write)
+        await self._database.transaction(write)
         return run
 
     async def get_run(self, *, user_id: str, run_id: str) -> Run:
@@ -245,9 +248,9 @@ class ChatService:
         """End a run that no task of this process executes; counted if this wrote its end."""
         now = utcnow()
 
-        async def write(session: AsyncSession) -> Event | None:
+        async def write(conn: AsyncConnection) -> Event | None:
             return await ledger.finish(
-                session,
+                conn,
                 run_id=run.id,
                 thread_id=run.thread_id,
                 error=error,
@@ -256,7 +259,7 @@ class ChatService:
                 lease_expired_before=now if only_if_lease_expired else None,
             )
 
-        final = await atomic(self._session, write)
+        final = await self._database.transaction(write)
         if final is None:
             return
         self._metrics.run_ended(

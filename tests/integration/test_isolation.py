@@ -274,6 +274,16 @@ async def test_hanging_agent_is_cut_off_at_run_timeout_while_others_finish(
     assert leaks(container) == NO_LEAKS
 
 
+async def triage_started(client: httpx.AsyncClient, headers: dict[str, str], run_id: str) -> None:
+    """Once the run's triage agent has started (a stored event): polled, bounded."""
+    for _ in range(3000):
+        events = (await client.get(f"/api/runs/{run_id}/events", headers=headers)).json()
+        if any(e["type"] == "agent_started" for e in events["events"]):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the triage of run {run_id} never started")
+
+
 async def test_waiting_runs_hold_no_database_connection(
     container: AppContainer, client: httpx.AsyncClient
 ) -> None:
@@ -292,6 +302,8 @@ async def test_waiting_runs_hold_no_database_connection(
         await wait_for_run(client, headers, thread_id)
         for headers, thread_id in zip(users, threads, strict=True)
     ]
+    for headers, run_id in zip(users, run_ids, strict=True):
+        await triage_started(client, headers, run_id)  # now it waits on its agent
 
     assert container.database().checked_out_connections() == 0
     other = auth(container, "other")

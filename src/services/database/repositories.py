@@ -3,6 +3,8 @@
 Repositories never commit: the use case owns the transaction.
 
 Every read of user data filters by its owner in the query itself, so a caller cannot forget to.
+Statements are SQLAlchemy Core on the tables (rows, not ORM objects): no identity map, no unit of
+work, a fraction of the ORM's cost per row. They run on a session or a bare connection alike.
 """
 
 from __future__ import annotations
@@ -10,18 +12,26 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
 from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
 
+Executor = AsyncSession | AsyncConnection
+THREADS, MESSAGES, RUNS, EVENTS = (
+    ThreadRow.__table__,
+    MessageRow.__table__,
+    RunRow.__table__,
+    RunEventRow.__table__,
+)
 
-def _thread(row: ThreadRow) -> Thread:
+
+def _thread(row: Row[Any]) -> Thread:
     return Thread(id=row.id, user_id=row.user_id, title=row.title, created_at=row.created_at)
 
 
-def _message(row: MessageRow) -> Message:
+def _message(row: Row[Any]) -> Message:
     role: Literal["user", "assistant"] = "assistant" if row.role == "assistant" else "user"
     return Message(
         id=row.id,
@@ -33,11 +43,11 @@ def _message(row: MessageRow) -> Message:
     )
 
 
-def _run(row: RunRow) -> Run:
+def _run(row: Row[Any]) -> Run:
     error = None
     if row.error_code is not None:
         error = RunError(code=row.error_code, message=row.error_message or "")
-    status: RunStatus = row.status  # type: ignore[assignment]  # constrained by the writers
+    status: RunStatus = row.status  # constrained by the writers
     return Run(
         id=row.id,
         thread_id=row.thread_id,
@@ -50,12 +60,12 @@ def _run(row: RunRow) -> Run:
     )
 
 
-def _event(row: RunEventRow, thread_id: str) -> Event:
+def _event(row: Row[Any]) -> Event:
     data: dict[str, Any] = json.loads(row.data)
     return Event(
         type=row.type,
         run_id=row.run_id,
-        thread_id=thread_id,
+        thread_id=row.thread_id,
         seq=row.seq,
         ts=row.ts,
         agent=row.agent,
@@ -66,27 +76,27 @@ def _event(row: RunEventRow, thread_id: str) -> Event:
 # threads
 
 
-async def add_thread(session: AsyncSession, thread: Thread) -> None:
-    session.add(
-        ThreadRow(
+async def add_thread(session: Executor, thread: Thread) -> None:
+    await session.execute(
+        insert(ThreadRow).values(
             id=thread.id, user_id=thread.user_id, title=thread.title, created_at=thread.created_at
         )
     )
-    await session.flush()
 
 
-async def get_thread(session: AsyncSession, *, thread_id: str, user_id: str) -> Thread | None:
-    row = await session.scalar(
-        select(ThreadRow).where(ThreadRow.id == thread_id, ThreadRow.user_id == user_id)
+async def get_thread(session: Executor, *, thread_id: str, user_id: str) -> Thread | None:
+    result = await session.execute(
+        select(THREADS).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
     )
+    row = result.first()
     return None if row is None else _thread(row)
 
 
-async def list_threads(session: AsyncSession, *, user_id: str) -> list[Thread]:
-    rows = await session.scalars(
-        select(ThreadRow)
-        .where(ThreadRow.user_id == user_id)
-        .order_by(ThreadRow.created_at.desc(), ThreadRow.id)
+async def list_threads(session: Executor, *, user_id: str) -> list[Thread]:
+    rows = await session.execute(
+        select(THREADS)
+        .where(THREADS.c.user_id == user_id)
+        .order_by(THREADS.c.created_at.desc(), THREADS.c.id)
     )
     return [_thread(r) for r in rows]
 
@@ -94,50 +104,47 @@ async def list_threads(session: AsyncSession, *, user_id: str) -> list[Thread]:
 # messages
 
 
-async def assistant_message(session: AsyncSession, *, run_id: str) -> Message | None:
-    row = await session.scalar(
-        select(MessageRow).where(MessageRow.run_id == run_id, MessageRow.role == "assistant")
+async def assistant_message(session: Executor, *, run_id: str) -> Message | None:
+    result = await session.execute(
+        select(MESSAGES).where(MESSAGES.c.run_id == run_id, MESSAGES.c.role == "assistant")
     )
+    row = result.first()
     return None if row is None else _message(row)
 
 
 async def list_messages(
-    session: AsyncSession, *, thread_id: str, user_id: str, role: str | None = None
+    session: Executor, *, thread_id: str, user_id: str, role: str | None = None
 ) -> list[Message]:
     query = (
-        select(MessageRow)
-        .join(ThreadRow, ThreadRow.id == MessageRow.thread_id)
-        .where(MessageRow.thread_id == thread_id, ThreadRow.user_id == user_id)
-        .order_by(MessageRow.created_at, MessageRow.id)
+        select(MESSAGES)
+        .join(THREADS, THREADS.c.id == MESSAGES.c.thread_id)
+        .where(MESSAGES.c.thread_id == thread_id, THREADS.c.user_id == user_id)
+        .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
     )
     if role is not None:
-        query = query.where(MessageRow.role == role)
-    return [_message(r) for r in await session.scalars(query)]
+        query = query.where(MESSAGES.c.role == role)
+    return [_message(r) for r in await session.execute(query)]
 
 
 # runs
 
 
-async def get_run(session: AsyncSession, *, run_id: str, user_id: str) -> Run | None:
-    row = await session.scalar(
-        select(RunRow)
-        .where(RunRow.id == run_id, RunRow.user_id == user_id)
-        # another session (a cancel, another worker) may have finished it since we loaded it
-        .execution_options(populate_existing=True)
+async def get_run(session: Executor, *, run_id: str, user_id: str) -> Run | None:
+    result = await session.execute(
+        select(RUNS).where(RUNS.c.id == run_id, RUNS.c.user_id == user_id)
     )
+    row = result.first()
     return None if row is None else _run(row)
 
 
 # events
 
 
-async def list_events(
-    session: AsyncSession, *, run_id: str, user_id: str, after: int
-) -> list[Event]:
+async def list_events(session: Executor, *, run_id: str, user_id: str, after: int) -> list[Event]:
     rows = await session.execute(
-        select(RunEventRow, RunRow.thread_id)
-        .join(RunRow, RunRow.id == RunEventRow.run_id)
-        .where(RunEventRow.run_id == run_id, RunRow.user_id == user_id, RunEventRow.seq > after)
-        .order_by(RunEventRow.seq)
+        select(EVENTS, RUNS.c.thread_id)
+        .join(RUNS, RUNS.c.id == EVENTS.c.run_id)
+        .where(EVENTS.c.run_id == run_id, RUNS.c.user_id == user_id, EVENTS.c.seq > after)
+        .order_by(EVENTS.c.seq)
     )
-    return [_event(row, thread_id) for row, thread_id in rows]
+    return [_event(row) for row in rows]
