@@ -19,11 +19,17 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import String, Table, Text, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
+from src.services.database.models import (
+    MessageRow,
+    RunEventRow,
+    RunRow,
+    ThreadRow,
+    UTCDateTime,
+)
 from src.services.domain import Event, Message, Run, RunError, RunStatus
 from src.services.errors import NotFound, RateLimited, RunInProgress
 
@@ -36,6 +42,65 @@ INTERRUPTED = RunError("interrupted", "the server stopped while the run was in p
 class RunAlreadyFinished(Exception):
     """The run reached a terminal state elsewhere first (a cancel from another process, the
     lease sweep): the writer that lost must write nothing more for it."""
+
+
+# The statements of the hot path, built once: building a statement (coercions, cache keys)
+# costs more than executing it. Tables, not ORM classes, so nothing goes through the ORM.
+THREADS: Table = ThreadRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
+MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
+
+_OWNED_THREAD = select(THREADS.c.id).where(
+    THREADS.c.id == bindparam("thread_id"), THREADS.c.user_id == bindparam("user_id")
+)
+_RUNNING_OF_USER = select(func.count()).where(
+    RUNS.c.user_id == bindparam("user_id"), RUNS.c.status == "running"
+)
+_INSERT_MESSAGE = insert(MESSAGES)
+_INSERT_RUN = insert(RUNS)
+_INSERT_EVENT = insert(EVENTS)
+# The next seq, taken only while the run is running: one statement on the run's row.
+_NEXT_SEQ = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "running")
+    .values(
+        last_seq=RUNS.c.last_seq + 1,
+        lease_expires_at=func.coalesce(
+            bindparam("lease_until", type_=UTCDateTime()), RUNS.c.lease_expires_at
+        ),
+        route=func.coalesce(bindparam("new_route", type_=String()), RUNS.c.route),
+    )
+    .returning(RUNS.c.last_seq)
+)
+_FINISH_VALUES = {
+    "status": bindparam("new_status"),
+    "error_code": bindparam("error_code", type_=String()),
+    "error_message": bindparam("error_message", type_=Text()),
+    "finished_at": bindparam("finished_at", type_=UTCDateTime()),
+    "lease_expires_at": None,
+    "last_seq": RUNS.c.last_seq + 1,
+    "route": func.coalesce(bindparam("new_route", type_=String()), RUNS.c.route),
+}
+_FINISH = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "running")
+    .values(_FINISH_VALUES)
+    .returning(RUNS.c.last_seq)
+)
+_FINISH_IF_LEASE_EXPIRED = (
+    update(RUNS)
+    .where(
+        RUNS.c.id == bindparam("run_id"),
+        RUNS.c.status == "running",
+        or_(
+            RUNS.c.lease_expires_at.is_(None),
+            RUNS.c.lease_expires_at < bindparam("expired_before", type_=UTCDateTime()),
+        ),
+    )
+    .values(_FINISH_VALUES)
+    .returning(RUNS.c.last_seq)
+)
 
 
 async def start(
@@ -52,32 +117,35 @@ async def start(
     run ``running`` under ``owner_id``'s lease. The database refuses a second running run on
     the thread (``RunInProgress``)."""
     owned = await session.scalar(
-        select(ThreadRow.id).where(ThreadRow.id == run.thread_id, ThreadRow.user_id == run.user_id)
+        _OWNED_THREAD, {"thread_id": run.thread_id, "user_id": run.user_id}
     )
     if owned is None:
         raise NotFound("thread not found")
     # Counted by the database, so the limit holds across workers and hosts too.
-    running = await session.scalar(
-        select(func.count()).where(RunRow.user_id == run.user_id, RunRow.status == "running")
-    )
+    running = await session.scalar(_RUNNING_OF_USER, {"user_id": run.user_id})
     if int(running or 0) >= max_running_per_user:
         raise RateLimited(
             f"at most {max_running_per_user} runs may be in progress at once", retry_after_s=1
         )
-    await session.execute(insert(MessageRow).values(**_message_values(message)))
+    await session.execute(_INSERT_MESSAGE, _message_values(message))
     try:
         await session.execute(
-            insert(RunRow).values(
-                id=run.id,
-                thread_id=run.thread_id,
-                user_id=run.user_id,
-                status="running",
-                request_id=request_id,
-                created_at=run.created_at,
-                owner_id=owner_id,
-                lease_expires_at=lease_until,
-                last_seq=0,
-            )
+            _INSERT_RUN,
+            {
+                "id": run.id,
+                "thread_id": run.thread_id,
+                "user_id": run.user_id,
+                "status": "running",
+                "route": None,
+                "error_code": None,
+                "error_message": None,
+                "request_id": request_id,
+                "created_at": run.created_at,
+                "finished_at": None,
+                "owner_id": owner_id,
+                "lease_expires_at": lease_until,
+                "last_seq": 0,
+            },
         )
     except IntegrityError:  # the one-running-run-per-thread index refused it
         raise RunInProgress("another run of this thread is still running") from None
@@ -97,23 +165,15 @@ async def append(
 ) -> Event:
     """Store the run's next event, numbered after the last one; renews the run's lease and
     records its ``route`` on the way. ``RunAlreadyFinished`` if the run is no longer running."""
-    values: dict[str, Any] = {"last_seq": RunRow.last_seq + 1}
-    if lease_until is not None:
-        values["lease_expires_at"] = lease_until
-    if route is not None:
-        values["route"] = route
     seq = await session.scalar(
-        update(RunRow)
-        .where(RunRow.id == run_id, RunRow.status == "running")
-        .values(values)
-        .returning(RunRow.last_seq)
+        _NEXT_SEQ, {"run_id": run_id, "lease_until": lease_until, "new_route": route}
     )
     if seq is None:
         raise RunAlreadyFinished(f"run {run_id} has already ended")
     event = Event(
         type=type_, run_id=run_id, thread_id=thread_id, seq=seq, ts=ts, agent=agent, data=data
     )
-    await session.execute(insert(RunEventRow).values(**_event_values(event)))
+    await session.execute(_INSERT_EVENT, _event_values(event))
     return event
 
 
@@ -141,30 +201,27 @@ async def finish(
         status, final_type, data = "cancelled", "run_cancelled", {}
     else:
         raise ValueError("a run ends with a message, an error or a cancel")
-    values: dict[str, Any] = {
-        "status": status,
+    params: dict[str, Any] = {
+        "run_id": run_id,
+        "new_status": status,
         "error_code": None if error is None else error.code,
         "error_message": None if error is None else error.message,
         "finished_at": ts,
-        "lease_expires_at": None,
-        "last_seq": RunRow.last_seq + 1,
+        "new_route": route,
     }
-    if route is not None:
-        values["route"] = route
-    condition = and_(RunRow.id == run_id, RunRow.status == "running")
+    statement = _FINISH
     if lease_expired_before is not None:
-        condition = and_(condition, _lease_expired(lease_expired_before))
-    seq = await session.scalar(
-        update(RunRow).where(condition).values(values).returning(RunRow.last_seq)
-    )
+        statement = _FINISH_IF_LEASE_EXPIRED
+        params["expired_before"] = lease_expired_before
+    seq = await session.scalar(statement, params)
     if seq is None:
         return None
     if message is not None:
-        await session.execute(insert(MessageRow).values(**_message_values(message)))
+        await session.execute(_INSERT_MESSAGE, _message_values(message))
     event = Event(
         type=final_type, run_id=run_id, thread_id=thread_id, seq=seq, ts=ts, agent=None, data=data
     )
-    await session.execute(insert(RunEventRow).values(**_event_values(event)))
+    await session.execute(_INSERT_EVENT, _event_values(event))
     return event
 
 
@@ -174,8 +231,8 @@ async def renew_leases(
     """Extend the leases of ``owner_id``'s runs that it still executes."""
     if run_ids:
         await session.execute(
-            update(RunRow)
-            .where(RunRow.id.in_(run_ids), RunRow.owner_id == owner_id, RunRow.status == "running")
+            update(RUNS)
+            .where(RUNS.c.id.in_(run_ids), RUNS.c.owner_id == owner_id, RUNS.c.status == "running")
             .values(lease_expires_at=until)
         )
 
@@ -184,8 +241,11 @@ async def expired_runs(session: Executor, *, now: datetime, limit: int = 100) ->
     """Running runs whose owner stopped vouching for them before ``now`` (runs written before
     leases existed have none, and count as expired)."""
     rows = await session.execute(
-        select(RunRow.id, RunRow.thread_id, RunRow.user_id, RunRow.created_at)
-        .where(RunRow.status == "running", _lease_expired(now))
+        select(RUNS.c.id, RUNS.c.thread_id, RUNS.c.user_id, RUNS.c.created_at)
+        .where(
+            RUNS.c.status == "running",
+            or_(RUNS.c.lease_expires_at.is_(None), RUNS.c.lease_expires_at < now),
+        )
         .limit(limit)
     )
     return [
@@ -201,10 +261,6 @@ async def expired_runs(session: Executor, *, now: datetime, limit: int = 100) ->
         )
         for run_id, thread_id, user_id, created_at in rows
     ]
-
-
-def _lease_expired(now: datetime) -> Any:
-    return or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < now)
 
 
 def _message_values(message: Message) -> dict[str, Any]:

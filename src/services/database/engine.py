@@ -111,6 +111,9 @@ def create_writer_engine(engine: AsyncEngine, *, timeout_s: float) -> AsyncEngin
         pool_size=1,
         max_overflow=0,
         pool_timeout=timeout_s,
+        # Every use is a `begin()` block that commits or rolls back itself: the pool's own
+        # rollback on return would be one more trip to SQLite's thread per transaction.
+        pool_reset_on_return=None,
         connect_args={"timeout": timeout_s},  # other processes' writers (SQLite's own lock)
     )
     _configure_sqlite(writer, begin="BEGIN IMMEDIATE")
