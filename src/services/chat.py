@@ -9,7 +9,8 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
 from src.logs import bind, log_failure
@@ -84,8 +85,8 @@ class ChatService:
             created_at=utcnow(),
         )
 
-        async def write(conn: AsyncConnection) -> None:
-            await repo.add_thread(conn, thread)
+        def write(conn: Connection) -> None:
+            repo.add_thread(conn, thread)
 
         await self._database.transaction(write)
         return thread
@@ -190,8 +191,8 @@ class ChatService:
             created_at=now,
         )
 
-        async def write(conn: AsyncConnection) -> None:
-            await ledger.start(
+        def write(conn: Connection) -> None:
+            ledger.start(
                 conn,
                 run=run,
                 message=message,
@@ -248,8 +249,8 @@ class ChatService:
         """End a run that no task of this process executes; counted if this wrote its end."""
         now = utcnow()
 
-        async def write(conn: AsyncConnection) -> Event | None:
-            return await ledger.finish(
+        def write(conn: Connection) -> Event | None:
+            return ledger.finish(
                 conn,
                 run_id=run.id,
                 thread_id=run.thread_id,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from src.agents.context import RunContext
 from src.aio import uninterrupted
@@ -56,8 +56,8 @@ class EventEmitter:
             raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
         ctx, route, now = self._context, self._route, utcnow()
 
-        async def append(conn: AsyncConnection) -> Event:
-            return await ledger.append(
+        def append(conn: Connection) -> Event:
+            return ledger.append(
                 conn,
                 run_id=ctx.run_id,
                 thread_id=ctx.thread_id,
@@ -107,8 +107,8 @@ class EventEmitter:
             raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
         ctx, route = self._context, self._route
 
-        async def finish(conn: AsyncConnection) -> Event:
-            final = await ledger.finish(
+        def finish(conn: Connection) -> Event:
+            final = ledger.finish(
                 conn,
                 run_id=ctx.run_id,
                 thread_id=ctx.thread_id,
@@ -131,13 +131,13 @@ class EventEmitter:
         self.final_status = status
 
     async def _record(
-        self, write: Callable[[AsyncConnection], Awaitable[Event]], *, durably: bool = False
+        self, write: Callable[[Connection], Event], *, durably: bool = False
     ) -> Event:
         event = await (self._write_durably(write) if durably else self._database.transaction(write))
         await self._publish(event)
         return event
 
-    async def _write_durably(self, write: Callable[[AsyncConnection], Awaitable[Event]]) -> Event:
+    async def _write_durably(self, write: Callable[[Connection], Event]) -> Event:
         """``write``, retried with backoff while the database is unavailable, for up to a lease;
         then the last failure is raised."""
         loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from src.services import ledger
 from src.services.broker import EventBroker
@@ -105,10 +105,8 @@ class LeaseKeeper:
             return
         until = self._lease.until()
 
-        async def write(conn: AsyncConnection) -> None:
-            await ledger.renew_leases(
-                conn, owner_id=self._lease.owner_id, run_ids=run_ids, until=until
-            )
+        def write(conn: Connection) -> None:
+            ledger.renew_leases(conn, owner_id=self._lease.owner_id, run_ids=run_ids, until=until)
 
         await self._database.transaction(write)
 
@@ -134,9 +132,9 @@ class LeaseKeeper:
         return ended
 
 
-async def _interrupt(conn: AsyncConnection, *, run: Run, now: datetime) -> Event | None:
+def _interrupt(conn: Connection, *, run: Run, now: datetime) -> Event | None:
     """End ``run`` as interrupted, unless its owner renewed its lease since ``now``."""
-    return await ledger.finish(
+    return ledger.finish(
         conn,
         run_id=run.id,
         thread_id=run.thread_id,

@@ -8,9 +8,10 @@ one of them ends the run, each event takes the next seq, and whoever loses learn
 (``RunAlreadyFinished``) instead of colliding on ``(run_id, seq)``. PostgreSQL re-checks the
 ``WHERE`` after waiting for a concurrent writer of the row; SQLite has one writer at a time.
 
-Functions take the caller's session and never commit: the use case owns the transaction.
-Statements are SQLAlchemy Core: these are the hot path of every run, and the ORM's unit of work
-costs several times more for single-row writes.
+Functions are plain (synchronous) code on the caller's connection and never commit: the use case
+owns the transaction and runs it with ``Database.transaction``, which runs the whole transaction
+in one go on the database's writer (for SQLite, one trip to its writer thread instead of one per
+statement). Statements are SQLAlchemy Core, built once: these are the hot path of every run.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, Table, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.services.database.models import (
     MessageRow,
@@ -32,9 +33,6 @@ from src.services.database.models import (
 )
 from src.services.domain import Event, Message, Run, RunError, RunStatus
 from src.services.errors import NotFound, RateLimited, RunInProgress
-
-# A use case's session, or a bare connection (cheaper, for the emitter's writes).
-Executor = AsyncSession | AsyncConnection
 
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
 
@@ -103,8 +101,8 @@ _FINISH_IF_LEASE_EXPIRED = (
 )
 
 
-async def start(
-    session: Executor,
+def start(
+    conn: Connection,
     *,
     run: Run,
     message: Message,
@@ -116,20 +114,18 @@ async def start(
     """Check the thread's owner and the user's running runs, store the user's message and the
     run ``running`` under ``owner_id``'s lease. The database refuses a second running run on
     the thread (``RunInProgress``)."""
-    owned = await session.scalar(
-        _OWNED_THREAD, {"thread_id": run.thread_id, "user_id": run.user_id}
-    )
+    owned = conn.scalar(_OWNED_THREAD, {"thread_id": run.thread_id, "user_id": run.user_id})
     if owned is None:
         raise NotFound("thread not found")
     # Counted by the database, so the limit holds across workers and hosts too.
-    running = await session.scalar(_RUNNING_OF_USER, {"user_id": run.user_id})
+    running = conn.scalar(_RUNNING_OF_USER, {"user_id": run.user_id})
     if int(running or 0) >= max_running_per_user:
         raise RateLimited(
             f"at most {max_running_per_user} runs may be in progress at once", retry_after_s=1
         )
-    await session.execute(_INSERT_MESSAGE, _message_values(message))
+    conn.execute(_INSERT_MESSAGE, _message_values(message))
     try:
-        await session.execute(
+        conn.execute(
             _INSERT_RUN,
             {
                 "id": run.id,
@@ -151,8 +147,8 @@ async def start(
         raise RunInProgress("another run of this thread is still running") from None
 
 
-async def append(
-    session: Executor,
+def append(
+    conn: Connection,
     *,
     run_id: str,
     thread_id: str,
@@ -165,20 +161,18 @@ async def append(
 ) -> Event:
     """Store the run's next event, numbered after the last one; renews the run's lease and
     records its ``route`` on the way. ``RunAlreadyFinished`` if the run is no longer running."""
-    seq = await session.scalar(
-        _NEXT_SEQ, {"run_id": run_id, "lease_until": lease_until, "new_route": route}
-    )
+    seq = conn.scalar(_NEXT_SEQ, {"run_id": run_id, "lease_until": lease_until, "new_route": route})
     if seq is None:
         raise RunAlreadyFinished(f"run {run_id} has already ended")
     event = Event(
         type=type_, run_id=run_id, thread_id=thread_id, seq=seq, ts=ts, agent=agent, data=data
     )
-    await session.execute(_INSERT_EVENT, _event_values(event))
+    conn.execute(_INSERT_EVENT, _event_values(event))
     return event
 
 
-async def finish(
-    session: Executor,
+def finish(
+    conn: Connection,
     *,
     run_id: str,
     thread_id: str,
@@ -213,34 +207,32 @@ async def finish(
     if lease_expired_before is not None:
         statement = _FINISH_IF_LEASE_EXPIRED
         params["expired_before"] = lease_expired_before
-    seq = await session.scalar(statement, params)
+    seq = conn.scalar(statement, params)
     if seq is None:
         return None
     if message is not None:
-        await session.execute(_INSERT_MESSAGE, _message_values(message))
+        conn.execute(_INSERT_MESSAGE, _message_values(message))
     event = Event(
         type=final_type, run_id=run_id, thread_id=thread_id, seq=seq, ts=ts, agent=None, data=data
     )
-    await session.execute(_INSERT_EVENT, _event_values(event))
+    conn.execute(_INSERT_EVENT, _event_values(event))
     return event
 
 
-async def renew_leases(
-    session: Executor, *, owner_id: str, run_ids: list[str], until: datetime
-) -> None:
+def renew_leases(conn: Connection, *, owner_id: str, run_ids: list[str], until: datetime) -> None:
     """Extend the leases of ``owner_id``'s runs that it still executes."""
     if run_ids:
-        await session.execute(
+        conn.execute(
             update(RUNS)
             .where(RUNS.c.id.in_(run_ids), RUNS.c.owner_id == owner_id, RUNS.c.status == "running")
             .values(lease_expires_at=until)
         )
 
 
-async def expired_runs(session: Executor, *, now: datetime, limit: int = 100) -> list[Run]:
+def expired_runs(conn: Connection, *, now: datetime, limit: int = 100) -> list[Run]:
     """Running runs whose owner stopped vouching for them before ``now`` (runs written before
     leases existed have none, and count as expired)."""
-    rows = await session.execute(
+    rows = conn.execute(
         select(RUNS.c.id, RUNS.c.thread_id, RUNS.c.user_id, RUNS.c.created_at)
         .where(
             RUNS.c.status == "running",

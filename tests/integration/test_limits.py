@@ -178,7 +178,7 @@ async def test_a_user_at_the_rate_limit_can_still_cancel_their_runs(
             assert_error(await http.get("/api/threads", headers=alice), 429, "rate_limited")
 
             await socket.send({"type": "ping"})
-            assert await socket.recv() == {"type": "pong"}
+            assert await socket.until(lambda f: f.get("type") == "pong") == {"type": "pong"}
             await socket.send({"type": "cancel", "run_id": run_ids[0]})
             final = await socket.until(lambda f: f.get("type") in FINAL_EVENT_TYPES)
             assert (final["run_id"], final["type"]) == (run_ids[0], "run_cancelled")
@@ -189,9 +189,12 @@ async def test_a_user_at_the_rate_limit_can_still_cancel_their_runs(
 
 
 async def _start_hanging_run(socket: Socket, thread_id: str) -> str:
+    """A run that hangs in triage, once it hangs (its triage has started): no frame of it is
+    still on its way."""
     await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
     started = await socket.until(lambda f: f.get("type") == "run_started")
     run_id: str = started["run_id"]
+    await socket.until(lambda f: f.get("type") == "agent_started" and f["run_id"] == run_id)
     return run_id
 
 

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from src.aio import uninterrupted
 from src.services.database.migrations import current_revision_is_head
@@ -94,34 +97,98 @@ def create_engine(
     return engine
 
 
-def create_writer_engine(engine: AsyncEngine, *, timeout_s: float) -> AsyncEngine:
-    """The engine that every write goes through.
+class Writer(Protocol):
+    """Where write transactions run: ``await writer.run(work)`` commits what ``work`` did on the
+    connection it is given, or rolls it back if it raised."""
+
+    async def run(self, work: Callable[[Connection], T]) -> T: ...
+
+    def checked_out(self) -> int: ...
+
+    async def dispose(self) -> None: ...
+
+
+class EngineWriter:
+    """Write transactions on the application's async engine (PostgreSQL): the work runs inside
+    the transaction through ``run_sync``, so the same plain code serves every database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def checked_out(self) -> int:
+        return 0  # counted with the application's engine, which it shares
+
+    async def dispose(self) -> None:
+        return None  # the application's engine is disposed by its owner
+
+
+class SQLiteWriter:
+    """Every write transaction of this process on one SQLite connection, in one thread.
 
     SQLite has one writer at a time. With a pool of writers, the others sleep in SQLite's busy
-    handler (in steps of up to 100 ms, in no order), a lock convoy that gave one run in a
-    hundred a 1.7 s wait at ten runs in flight. So a SQLite file gets one writer connection per
-    process: writers queue for it in asyncio, first come first served, and reads go on beside
-    it on the main engine's pool (WAL). Elsewhere the main engine serves both.
+    handler (in steps of up to 100 ms, in no order): a lock convoy that gave one run in a
+    hundred a 1.7 s wait at ten runs in flight. Here writers queue for the thread first come
+    first served, and reads go on beside it on the async engine's pool (WAL). A whole
+    transaction is one trip to the thread: through aiosqlite each statement costs about four
+    (cursor, execute, fetch, close), and a run writes about ten transactions.
     """
+
+    def __init__(self, url: URL, *, timeout_s: float) -> None:
+        self._engine = create_sync_engine(
+            url.set(drivername="sqlite"),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=timeout_s,
+            # Each use is a `begin()` block that commits or rolls back itself.
+            pool_reset_on_return=None,
+            # Other processes' writers (SQLite's own lock), and closing from the loop's thread.
+            connect_args={"timeout": timeout_s, "check_same_thread": False},
+        )
+        _configure_sqlite(self._engine, begin="BEGIN IMMEDIATE")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isochat-writer")
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        given_up = threading.Event()
+
+        def transaction() -> T:
+            if given_up.is_set():  # its caller stopped waiting before its turn came
+                raise DatabaseTimeout("the write was given up before it started")
+            with self._engine.begin() as conn:
+                return work(conn)
+
+        future = asyncio.get_running_loop().run_in_executor(self._thread, transaction)
+        # Seen even when nobody awaits it any more (its caller gave up at the deadline).
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.shield(future)
+        finally:
+            given_up.set()  # a no-op once it ran; otherwise it never will
+
+    def checked_out(self) -> int:
+        pool = self._engine.pool
+        return pool.checkedout() if isinstance(pool, QueuePool) else 0
+
+    async def dispose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
+        self._thread.shutdown(wait=False)
+
+
+def create_writer(engine: AsyncEngine, *, timeout_s: float) -> Writer:
+    """A SQLite file's writer thread, or the application's engine for any other database."""
     url = engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return engine
-    writer = create_async_engine(
-        url,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=timeout_s,
-        # Every use is a `begin()` block that commits or rolls back itself: the pool's own
-        # rollback on return would be one more trip to SQLite's thread per transaction.
-        pool_reset_on_return=None,
-        connect_args={"timeout": timeout_s},  # other processes' writers (SQLite's own lock)
-    )
-    _configure_sqlite(writer, begin="BEGIN IMMEDIATE")
-    return writer
+        return EngineWriter(engine)
+    return SQLiteWriter(url, timeout_s=timeout_s)
 
 
-def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: AsyncEngine | Engine, *, begin: str) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # pysqlite's own transaction handling is switched off so that BEGIN below is ours.
         dbapi_connection.isolation_level = None
@@ -131,7 +198,7 @@ def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Writers BEGIN IMMEDIATE: the write lock up front, so a transaction that reads and then
         # writes waits for the lock instead of failing with SQLITE_BUSY when another process's
@@ -163,7 +230,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine, metrics: Metrics, *, timeout_s: float = 10.0) -> None:
         self.engine = engine
-        self.writer = create_writer_engine(engine, timeout_s=timeout_s)
+        self._writer = create_writer(engine, timeout_s=timeout_s)
         self._probe = create_probe_engine(engine)
         self._metrics = metrics
         # A shielded step (a whole transaction) may run a few statements, each bounded by the
@@ -173,16 +240,11 @@ class Database:
             engine, expire_on_commit=False, info={STEP_TIMEOUT: self.step_timeout_s}
         )
 
-    async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in one short write transaction on a connection of its own (from the
-        writer's pool), committed, finished even if the caller is cancelled meanwhile, and
-        bounded by the step deadline. Core statements: cheaper than a session."""
-
-        async def run() -> T:
-            async with self.writer.begin() as conn:
-                return await work(conn)
-
-        return await _within_deadline(run(), self.step_timeout_s)
+    async def transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` (plain code on a connection: the ledger's Core statements) in one short
+        write transaction, committed; finished even if the caller is cancelled meanwhile, and
+        bounded by the step deadline."""
+        return await _within_deadline(self._writer.run(work), self.step_timeout_s)
 
     def open_session(self) -> AsyncSession:
         session = self._sessionmaker()
@@ -209,17 +271,12 @@ class Database:
         return await current_revision_is_head(self._probe)
 
     def checked_out_connections(self) -> int:
-        engines = (self.engine,) if self.writer is self.engine else (self.engine, self.writer)
-        total = 0
-        for engine in engines:
-            checkedout: Callable[[], int] | None = getattr(engine.pool, "checkedout", None)
-            total += checkedout() if checkedout is not None else 0
-        return total
+        checkedout: Callable[[], int] | None = getattr(self.engine.pool, "checkedout", None)
+        return (checkedout() if checkedout is not None else 0) + self._writer.checked_out()
 
     async def dispose(self) -> None:
+        await self._writer.dispose()
         await self.engine.dispose()
-        if self.writer is not self.engine:
-            await self.writer.dispose()
         if self._probe is not self.engine:
             await self._probe.dispose()
 

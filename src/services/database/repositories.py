@@ -13,6 +13,7 @@ import json
 from typing import Any, Literal
 
 from sqlalchemy import Row, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
@@ -76,8 +77,9 @@ def _event(row: Row[Any]) -> Event:
 # threads
 
 
-async def add_thread(session: Executor, thread: Thread) -> None:
-    await session.execute(
+def add_thread(conn: Connection, thread: Thread) -> None:
+    """A write: runs in ``Database.transaction`` like the ledger's."""
+    conn.execute(
         insert(ThreadRow).values(
             id=thread.id, user_id=thread.user_id, title=thread.title, created_at=thread.created_at
         )
