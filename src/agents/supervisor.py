@@ -17,7 +17,7 @@ from src.agents.tools import ToolError
 from src.agents.triage import FALLBACK_ROUTE
 from src.logs import log_failure
 from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
-from src.services.domain import Message, RunError
+from src.services.domain import Message, Run, RunError
 from src.services.events import EventEmitter, RunAlreadyFinished
 from src.services.llm import LLMError, LLMTimeout
 
@@ -50,6 +50,11 @@ class Supervisor:
         self._at_work: str | None = None  # the agent working now, named in failure metrics
         self._failed_in: str | None = None
         self._deadline: asyncio.Timeout | None = None
+
+    @property
+    def final_run(self) -> Run | None:
+        """The run as this supervisor's terminal write left it (None if it ended elsewhere)."""
+        return self._emitter.final_run
 
     async def run(self, content: str) -> Message | None:
         """Run the agents on ``content`` to one terminal state; the assistant's message when the

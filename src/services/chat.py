@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 class RunsAgents(Protocol):
     async def run(self, content: str) -> Message | None: ...
 
+    @property
+    def final_run(self) -> Run | None:
+        """The run as the agents' own terminal write left it, if they wrote it."""
+        ...
+
 
 class RunMetrics(Protocol):
     def run_ended(self, *, status: str, seconds: float) -> None: ...
@@ -155,7 +160,8 @@ class ChatService:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # this request itself is being cancelled, not only its run
-        ended = await self.get_run(user_id=user_id, run_id=run.id)
+        # The terminal write returned the run; read it only when someone else ended it.
+        ended = agents.final_run or await self.get_run(user_id=user_id, run_id=run.id)
         if message is None and ended.status == "completed":
             # It completed although its task saw a cancel that arrived too late: the stored
             # answer is the answer.
@@ -249,7 +255,7 @@ class ChatService:
         """End a run that no task of this process executes; counted if this wrote its end."""
         now = utcnow()
 
-        def write(conn: Connection) -> Event | None:
+        def write(conn: Connection) -> ledger.Ended | None:
             return ledger.finish(
                 conn,
                 run_id=run.id,
@@ -260,15 +266,15 @@ class ChatService:
                 lease_expired_before=now if only_if_lease_expired else None,
             )
 
-        final = await self._database.transaction(write)
-        if final is None:
+        ended = await self._database.transaction(write)
+        if ended is None:
             return
         self._metrics.run_ended(
             status="cancelled" if error is None else "failed",
             seconds=(now - run.created_at).total_seconds(),
         )
         try:
-            await self._broker.publish(run.user_id, final)
+            await self._broker.publish(run.user_id, ended.event)
         except Exception as exc:  # stored: replayable
             log.warning("publishing the end of run %s failed: %r", run.id, exc)
 

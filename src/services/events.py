@@ -24,7 +24,7 @@ from src.services import ledger
 from src.services.broker import EventBroker
 from src.services.database.engine import Database, unavailable
 from src.services.database.models import utcnow
-from src.services.domain import Event, Message, RunError, RunStatus
+from src.services.domain import Event, Message, Run, RunError, RunStatus
 from src.services.leases import Lease
 from src.services.ledger import RunAlreadyFinished
 
@@ -48,6 +48,7 @@ class EventEmitter:
         self.finished = False
         # Set once this emitter's terminal write has committed: what the run ended as.
         self.final_status: RunStatus | None = None
+        self.final_run: Run | None = None
 
     async def emit(
         self, type_: str, *, agent: str | None = None, data: dict[str, Any] | None = None
@@ -107,6 +108,8 @@ class EventEmitter:
             raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
         ctx, route = self._context, self._route
 
+        ended: list[Run] = []
+
         def finish(conn: Connection) -> Event:
             final = ledger.finish(
                 conn,
@@ -120,7 +123,8 @@ class EventEmitter:
             )
             if final is None:
                 raise RunAlreadyFinished(f"run {ctx.run_id} has already ended")
-            return final
+            ended.append(final.run)
+            return final.event
 
         try:
             await uninterrupted(self._record(finish, durably=True))
@@ -129,6 +133,7 @@ class EventEmitter:
             raise
         self.finished = True
         self.final_status = status
+        self.final_run = ended[-1]
 
     async def _record(
         self, write: Callable[[Connection], Event], *, durably: bool = False

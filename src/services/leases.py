@@ -30,7 +30,7 @@ from src.services import ledger
 from src.services.broker import EventBroker
 from src.services.database.engine import Database
 from src.services.database.models import utcnow
-from src.services.domain import Event, Run
+from src.services.domain import Run
 from src.services.runs import RunRegistry
 
 log = logging.getLogger(__name__)
@@ -117,22 +117,22 @@ class LeaseKeeper:
         expired = await self._database.transaction(lambda c: ledger.expired_runs(c, now=now))
         ended = 0
         for run in expired:
-            final = await self._database.transaction(partial(_interrupt, run=run, now=now))
-            if final is None:
+            closed = await self._database.transaction(partial(_interrupt, run=run, now=now))
+            if closed is None:
                 continue  # its owner wrote again, or someone else ended it, meanwhile
             ended += 1
             self._metrics.run_ended(
-                status="failed", seconds=(final.ts - run.created_at).total_seconds()
+                status="failed", seconds=(closed.event.ts - run.created_at).total_seconds()
             )
             log.warning("run %s ended as interrupted: its owner's lease expired", run.id)
             try:
-                await self._broker.publish(run.user_id, final)
+                await self._broker.publish(run.user_id, closed.event)
             except Exception as exc:  # stored: its owner's clients get it by replay
                 log.warning("publishing the end of run %s failed: %r", run.id, exc)
         return ended
 
 
-def _interrupt(conn: Connection, *, run: Run, now: datetime) -> Event | None:
+def _interrupt(conn: Connection, *, run: Run, now: datetime) -> ledger.Ended | None:
     """End ``run`` as interrupted, unless its owner renewed its lease since ``now``."""
     return ledger.finish(
         conn,

@@ -17,6 +17,7 @@ statement). Statements are SQLAlchemy Core, built once: these are the hot path o
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -80,11 +81,19 @@ _FINISH_VALUES = {
     "last_seq": RUNS.c.last_seq + 1,
     "route": func.coalesce(bindparam("new_route", type_=String()), RUNS.c.route),
 }
+# The ended run comes back with the final seq: nobody has to read it again.
+_ENDED_RUN = (
+    RUNS.c.last_seq,
+    RUNS.c.thread_id,
+    RUNS.c.user_id,
+    RUNS.c.route,
+    RUNS.c.created_at,
+)
 _FINISH = (
     update(RUNS)
     .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "running")
     .values(_FINISH_VALUES)
-    .returning(RUNS.c.last_seq)
+    .returning(*_ENDED_RUN)
 )
 _FINISH_IF_LEASE_EXPIRED = (
     update(RUNS)
@@ -97,8 +106,16 @@ _FINISH_IF_LEASE_EXPIRED = (
         ),
     )
     .values(_FINISH_VALUES)
-    .returning(RUNS.c.last_seq)
+    .returning(*_ENDED_RUN)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What ending a run wrote: its final event, and the run as it now is."""
+
+    event: Event
+    run: Run
 
 
 def start(
@@ -182,7 +199,7 @@ def finish(
     ts: datetime,
     route: str | None = None,
     lease_expired_before: datetime | None = None,
-) -> Event | None:
+) -> Ended | None:
     """End a running run with its one final event: ``completed`` with the assistant's
     ``message``, ``failed`` with ``error``, or ``cancelled``. None (nothing written) when it
     had already ended, or, with ``lease_expired_before``, when its lease is still live."""
@@ -207,16 +224,27 @@ def finish(
     if lease_expired_before is not None:
         statement = _FINISH_IF_LEASE_EXPIRED
         params["expired_before"] = lease_expired_before
-    seq = conn.scalar(statement, params)
-    if seq is None:
+    row = conn.execute(statement, params).first()
+    if row is None:
         return None
+    seq, _, user_id, stored_route, created_at = row
     if message is not None:
         conn.execute(_INSERT_MESSAGE, _message_values(message))
     event = Event(
         type=final_type, run_id=run_id, thread_id=thread_id, seq=seq, ts=ts, agent=None, data=data
     )
     conn.execute(_INSERT_EVENT, _event_values(event))
-    return event
+    run = Run(
+        id=run_id,
+        thread_id=thread_id,
+        user_id=user_id,
+        status=status,
+        route=stored_route,
+        error=error,
+        created_at=created_at,
+        finished_at=ts,
+    )
+    return Ended(event=event, run=run)
 
 
 def renew_leases(conn: Connection, *, owner_id: str, run_ids: list[str], until: datetime) -> None:
