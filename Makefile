@@ -26,6 +26,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/scope_overhead.py
 	$(BIN)/python bench/ws_load.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
