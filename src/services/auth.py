@@ -39,10 +39,16 @@ def valid_user_id(user_id: str) -> bool:
     return bool(USER_ID.match(user_id))
 
 
+# Tokens already verified, and their user and expiry: a client sends the same token with every
+# request, and verifying it again (base64, JSON, HMAC) cost a third of a millisecond each time.
+VERIFIED_CACHE_SIZE = 10_000
+
+
 class TokenService:
     def __init__(self, *, secret: str, ttl_s: int) -> None:
         self._secret = secret
         self._ttl_s = ttl_s
+        self._verified: dict[str, tuple[str, float]] = {}  # token -> (user, exp)
 
     def issue(self, user_id: str) -> str:
         if not valid_user_id(user_id):
@@ -55,6 +61,16 @@ class TokenService:
     def user_of(self, token: str) -> str:
         """The user a valid token names; ``Unauthorized`` for anything else (a WebSocket
         ticket included: PyJWT refuses a token with an audience when none is expected)."""
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        user, exp = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # simple and bounded; the next requests verify again
+        self._verified[token] = (user, exp)
+        return user
+
+    def _verify(self, token: str) -> tuple[str, float]:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
@@ -66,7 +82,7 @@ class TokenService:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not valid_user_id(sub):
             raise Unauthorized("the token names no valid user")
-        return sub
+        return sub, float(claims["exp"])
 
 
 class TicketCheckUnavailable(Exception):

@@ -44,3 +44,15 @@ def test_production_refuses_the_development_secret() -> None:
     with pytest.raises(ValueError, match="ISOCHAT_AUTH_SECRET"):
         Settings(env="production", auth_secret="short", _env_file=None)
     assert Settings(env="production", auth_secret=SECRET, _env_file=None).env == "production"
+
+
+def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified tokens are remembered, but never past their `exp`."""
+    tokens = TokenService(secret=SECRET, ttl_s=60)
+    token = tokens.issue("alice")
+    assert tokens.user_of(token) == "alice"
+    assert tokens.user_of(token) == "alice"  # from memory
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthorized, match="expired"):
+        tokens.user_of(token)
