@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -148,3 +149,42 @@ async def reachable_redis() -> str:
     finally:
         await probe.aclose()
     return url
+
+
+# The test PostgreSQL server: a database to connect to; tests create databases of their own.
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ISOCHAT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@asynccontextmanager
+async def postgres_admin() -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test PostgreSQL server; skips the test, saying why, when it cannot
+    be reached."""
+    try:
+        admin = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def fresh_postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A new, empty database named ``<prefix>_<hex>`` as a ``postgresql+asyncpg://`` URL,
+    dropped afterwards even if something is still connected to it."""
+    async with postgres_admin() as admin:
+        name = f"{prefix}_{uuid.uuid4().hex}"
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            yield f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def asyncpg_url(database_url: str) -> str:
+    """The URL asyncpg itself takes for a SQLAlchemy ``postgresql+asyncpg://`` one."""
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -16,14 +16,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
-import pytest
 
 from src.services.domain import FINAL_EVENT_TYPES
 from tests.e2e.test_server import ISOCHAT, Server, environment, free_port
 from tests.helpers import serving
-from tests.integration.test_postgres import ADMIN_URL
 from tests.llm_server import FakeModelServer
 
 BOUND_S = 60.0
@@ -152,29 +149,6 @@ async def until_model_holds(model: FakeModelServer, text: str) -> None:
 def _last_user_message(body: dict[str, Any]) -> str:
     content: str = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
     return content
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database (``postgresql+asyncpg://...``), dropped afterwards
-    even if servers are still connected; skips the test when PostgreSQL is unreachable."""
-    try:
-        admin = await asyncpg.connect(ADMIN_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}")
-    name = f"isochat_hosts_{uuid.uuid4().hex}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def asyncpg_url(database_url: str) -> str:
-    """The URL asyncpg itself takes for a SQLAlchemy ``postgresql+asyncpg://`` one."""
-    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def login(http: httpx.AsyncClient, prefix: str) -> tuple[str, dict[str, str]]:

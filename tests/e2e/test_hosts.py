@@ -24,18 +24,22 @@ from tests.e2e.processes import (
     POLL_S,
     Processes,
     assert_one_final_event,
-    asyncpg_url,
     exit_code,
     login,
     model_env,
     model_server,
-    postgres_database,
     processes,
     until_model_holds,
     wait_until_ready,
 )
 from tests.e2e.test_server import READY, Server
-from tests.helpers import new_thread, reachable_redis, wait_for_run
+from tests.helpers import (
+    asyncpg_url,
+    fresh_postgres_database,
+    new_thread,
+    reachable_redis,
+    wait_for_run,
+)
 from tests.llm_server import FakeModelServer
 from tests.ws import open_socket
 
@@ -46,7 +50,7 @@ LEASE_S = 2
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
-    async with postgres_database() as url:
+    async with fresh_postgres_database("isochat_hosts") as url:
         yield url
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import asyncpg
 import pytest
 
 from tests.e2e.test_server import ISOCHAT, environment, free_port
-from tests.integration.test_postgres import ADMIN_URL
+from tests.helpers import asyncpg_url, fresh_postgres_database
 
 pytestmark = pytest.mark.e2e
 
@@ -91,37 +90,25 @@ def test_a_token_needs_no_database(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """The name of a new, empty database on the test PostgreSQL server, dropped afterwards;
-    skips the test when the server is unreachable."""
-    try:
-        admin = await asyncpg.connect(ADMIN_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}")
-    name = f"isochat_cfg_{uuid.uuid4().hex}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+async def fresh_database_url() -> AsyncIterator[str]:
+    async with fresh_postgres_database("isochat_cfg") as url:
+        yield url
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 async def test_a_postgresql_url_as_people_write_it_is_migrated(
-    tmp_path: Path, fresh_postgres_database: str, scheme: str
+    tmp_path: Path, fresh_database_url: str, scheme: str
 ) -> None:
     """ISOCHAT_DATABASE_URL=postgresql://... (or postgres://...), without SQLAlchemy's
     ``+asyncpg``: `isochat migrate` runs on asyncpg and brings the schema to head."""
-    server = ADMIN_URL.rsplit("/", 1)[0].split("://", 1)[1]
-    url = f"{scheme}://{server}/{fresh_postgres_database}"
+    url = asyncpg_url(fresh_database_url).replace("postgresql://", f"{scheme}://", 1)
 
     done = await asyncio.to_thread(isochat, tmp_path, "migrate", ISOCHAT_DATABASE_URL=url)
 
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    connection = await asyncpg.connect(f"postgresql://{server}/{fresh_postgres_database}")
+    connection = await asyncpg.connect(asyncpg_url(fresh_database_url))
     try:
         revision = await connection.fetchval("SELECT version_num FROM alembic_version")
         tables = await connection.fetch(

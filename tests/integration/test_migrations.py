@@ -11,7 +11,6 @@ import asyncio
 import fcntl
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from src.services.database.migrations import (
     upgrade_to_head,
 )
 from src.services.database.models import Base
-from tests.integration.test_postgres import ADMIN_URL
+from tests.helpers import asyncpg_url, fresh_postgres_database
 
 APP_TABLES = {"threads", "messages", "runs", "run_events"}
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -263,22 +262,8 @@ def test_in_memory_sqlite_migrates_without_a_lock(
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
-    try:
-        admin = await asyncpg.connect(ADMIN_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}")
-    name = f"isochat_mig_{uuid.uuid4().hex}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def asyncpg_url(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    async with fresh_postgres_database("isochat_mig") as url:
+        yield url
 
 
 @pytest.mark.postgres

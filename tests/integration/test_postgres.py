@@ -8,8 +8,6 @@ and drops a database of its own. Skipped, saying why, when the server cannot be 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,28 +23,25 @@ from src.services.database.models import Base
 from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import hold_triage, install_chaos
-from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
+from tests.helpers import (
+    NO_LEAKS,
+    asyncpg_url,
+    auth,
+    fresh_postgres_database,
+    leaks,
+    new_thread,
+    send,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.postgres
-
-ADMIN_URL = os.environ.get("ISOCHAT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A fresh, empty database for this test, dropped afterwards."""
-    try:
-        admin = await asyncpg.connect(ADMIN_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}")
-    name = f"isochat_test_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_postgres_database("isochat_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -165,8 +160,8 @@ async def test_the_end_of_a_run_survives_its_connection_being_killed(
     gate = hold_triage(container)
     transport = httpx.ASGITransport(app=create_app(container))
     database = postgres_url.rsplit("/", 1)[1]
-    admin = await asyncpg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{database}")
-    watcher = await asyncpg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{database}")
+    admin = await asyncpg.connect(asyncpg_url(postgres_url))
+    watcher = await asyncpg.connect(asyncpg_url(postgres_url))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://pg.test") as client:
             headers = auth(container, "pgkill")

@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import logging.config
-import os
 import socket
 import time
 import uuid
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -45,13 +43,12 @@ from src.services.database.migrations import upgrade_to_head
 from src.services.errors import Unauthorized
 from src.settings import Settings
 from src.web.app import create_app
-from tests.helpers import auth, reachable_redis
+from tests.helpers import POSTGRES_ADMIN_URL, auth, postgres_admin, reachable_redis
 from tests.llm_server import FakeModelServer
 
 API_KEY = "sk-isochat-test-key-0123456789abcdef"  # caught only as a literal: no pattern fits
 AUTH_SECRET = "isochat-test-auth-secret-" + "k" * 40
 DATABASE_PASSWORD = "pg-S3cret/@:pass-7f3a9c"
-ADMIN_URL = os.environ.get("ISOCHAT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 FORMATS = ["console", "json"]
 
@@ -319,44 +316,42 @@ async def test_a_database_password_never_reaches_the_logs(fmt: str) -> None:
     escaped): migrations, a chat, a failed connection and the URL planted in args and
     tracebacks, at debug level where SQLAlchemy and alembic say the most: the password is
     never written, raw or URL-encoded."""
-    try:
-        admin = await asyncpg.connect(ADMIN_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}")
-    name = f"isochat_secret_{uuid.uuid4().hex[:12]}"
-    escaped = DATABASE_PASSWORD.replace("'", "''")
-    await admin.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{escaped}'")
-    await admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
-    host = ADMIN_URL.rsplit("@", 1)[1].rsplit("/", 1)[0]
-    url = f"postgresql+asyncpg://{name}:{quote(DATABASE_PASSWORD, safe='')}@{host}/{name}"
-    settings = Settings(database_url=url, auth_secret=AUTH_SECRET, run_timeout_s=60, _env_file=None)
-    try:
-        async with (
-            everything_logged(fmt, secrets=configured_secrets(settings)) as sink,
-            isochat(settings, sink) as (container, address),
-            httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as http,
-        ):
-            headers = auth(container, "pg")
-            thread_id = await new_thread_over(http, headers)
-            body = {"content": "what is 6 * 7?"}
-            answered = await http.post(
-                f"/api/threads/{thread_id}/messages", json=body, headers=headers
-            )
-            assert answered.json()["message"]["content"] == "6 * 7 = 42"
-            # The same role at a port where nothing listens: the driver's error, logged.
-            unreachable = create_engine(url.replace(host, "127.0.0.1:1"), timeout_s=2)
-            try:
-                async with unreachable.connect():
-                    pass
-            except Exception as exc:  # whatever the driver raises for a refused connection
-                log_failure(logging.getLogger("src.cli"), "cannot reach %s", url, exc=exc)
-            finally:
-                await unreachable.dispose()
-            log_secrets_everywhere(database_url=url, token=headers["Authorization"][7:])
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
-        await admin.close()
+    async with postgres_admin() as admin:
+        name = f"isochat_secret_{uuid.uuid4().hex[:12]}"
+        escaped = DATABASE_PASSWORD.replace("'", "''")
+        await admin.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{escaped}'")
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        host = POSTGRES_ADMIN_URL.rsplit("@", 1)[1].rsplit("/", 1)[0]
+        url = f"postgresql+asyncpg://{name}:{quote(DATABASE_PASSWORD, safe='')}@{host}/{name}"
+        settings = Settings(
+            database_url=url, auth_secret=AUTH_SECRET, run_timeout_s=60, _env_file=None
+        )
+        try:
+            async with (
+                everything_logged(fmt, secrets=configured_secrets(settings)) as sink,
+                isochat(settings, sink) as (container, address),
+                httpx.AsyncClient(base_url=f"http://{address}", timeout=30) as http,
+            ):
+                headers = auth(container, "pg")
+                thread_id = await new_thread_over(http, headers)
+                body = {"content": "what is 6 * 7?"}
+                answered = await http.post(
+                    f"/api/threads/{thread_id}/messages", json=body, headers=headers
+                )
+                assert answered.json()["message"]["content"] == "6 * 7 = 42"
+                # The same role at a port where nothing listens: the driver's error, logged.
+                unreachable = create_engine(url.replace(host, "127.0.0.1:1"), timeout_s=2)
+                try:
+                    async with unreachable.connect():
+                        pass
+                except Exception as exc:  # whatever the driver raises for a refused connection
+                    log_failure(logging.getLogger("src.cli"), "cannot reach %s", url, exc=exc)
+                finally:
+                    await unreachable.dispose()
+                log_secrets_everywhere(database_url=url, token=headers["Authorization"][7:])
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
 
     text = sink.text()
     assert DATABASE_PASSWORD not in text
