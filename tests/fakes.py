@@ -87,11 +87,13 @@ def install_chaos(container: AppContainer) -> None:
 
 
 class Gate:
-    """Where a test holds a run: ``reached`` once the run waits, ``opened`` lets it go on."""
+    """Where a test holds a run: ``reached`` once the run waits, ``opened`` lets it go on.
+    With ``only``, just the messages that contain it are held."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: str | None = None) -> None:
         self.reached = asyncio.Event()
         self.opened = asyncio.Event()
+        self.only = only
 
 
 class GatedTriage(TriageAgent):
@@ -102,13 +104,16 @@ class GatedTriage(TriageAgent):
         self._gate = gate
 
     async def answer(self, content: str) -> str:
-        self._gate.reached.set()
-        await self._gate.opened.wait()
+        if self._gate.only is None or self._gate.only in content:
+            self._gate.reached.set()
+            await self._gate.opened.wait()
         return await super().answer(content)
 
 
-def hold_triage(container: AppContainer) -> Gate:
-    gate = Gate()
+def hold_triage(container: AppContainer, *, only: str | None = None) -> Gate:
+    """Runs wait in triage (those whose message contains ``only``, if given) until the
+    returned gate is opened."""
+    gate = Gate(only)
     request = container.request
     request.triage.override(
         providers.Factory(

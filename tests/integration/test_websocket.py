@@ -14,14 +14,11 @@ import pytest
 from dependency_injector import providers
 from websockets.exceptions import ConnectionClosed
 
-from src.agents.base import AgentTracker, RunEvents
-from src.agents.triage import TriageAgent
 from src.container import AppContainer
 from src.services.database.engine import Database, create_engine
 from src.services.domain import FINAL_EVENT_TYPES
-from src.services.llm import LLM
 from src.web.app import create_app
-from tests.fakes import install_chaos
+from tests.fakes import hold_triage, install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks_once_settled, new_thread, send
 from tests.ws import Frame, events_by_run, open_socket, websocket_scope
 
@@ -425,37 +422,6 @@ async def test_run_in_progress_unavailable_and_internal_errors_reach_the_socket(
     assert await leaks_once_settled(container) == SETTLED
 
 
-class GatedTriage(TriageAgent):
-    """Triage that holds a message containing ``[gate]`` until the test opens the gate."""
-
-    def __init__(
-        self, *, events: RunEvents, tracker: AgentTracker, llm: LLM, gate: asyncio.Event
-    ) -> None:
-        super().__init__(events=events, tracker=tracker, llm=llm)
-        self._gate = gate
-
-    async def answer(self, content: str) -> str:
-        if "[gate]" in content:
-            await self._gate.wait()
-        return await super().answer(content)
-
-
-def install_gate(container: AppContainer) -> asyncio.Event:
-    """Runs of ``[gate]`` messages stay in flight until the returned event is set."""
-    gate = asyncio.Event()
-    request = container.request
-    request.triage.override(
-        providers.Factory(
-            GatedTriage,
-            events=request.emitter,
-            tracker=request.metrics,
-            llm=request.llm,
-            gate=providers.Object(gate),
-        )
-    )
-    return gate
-
-
 def final_of(run_id: str) -> Any:
     return lambda f: f.get("run_id") == run_id and f.get("type") in FINAL_EVENT_TYPES
 
@@ -465,7 +431,7 @@ async def test_a_socket_dropped_for_falling_behind_does_not_cancel_its_runs(
 ) -> None:
     """A socket closed 4408 for falling behind leaves the run it started in flight; the run
     completes, and its events replay in full from GET /api/runs/{id}/events."""
-    gate = install_gate(container)
+    gate = hold_triage(container, only="[gate]")
     container.settings.override(
         providers.Object(container.settings().model_copy(update={"ws_max_pending_frames": 8}))
     )
@@ -488,7 +454,7 @@ async def test_a_socket_dropped_for_falling_behind_does_not_cancel_its_runs(
         run = (await http.get(f"/api/runs/{run_id}", headers=headers)).json()
         assert run["status"] == "running"  # held at the gate: the close did not cancel it
 
-        gate.set()
+        gate.opened.set()
         final = await finished
     assert final["type"] == "run_completed"
     assert final["data"]["message"]["content"] == "2 + 3 = 5"
@@ -503,7 +469,7 @@ async def test_on_disconnect_continue_runs_on_after_the_socket_closes(
 ) -> None:
     """When a socket closes, its run started with `on_disconnect: continue` completes (its
     events stay replayable), while its run started with the default is cancelled."""
-    gate = install_gate(container)
+    gate = hold_triage(container, only="[gate]")
     headers = auth(container, "alice")
     goes_on, ends = await new_thread(http, headers), await new_thread(http, headers)
     async with open_socket(live_server, token=token(container, "alice")) as watcher:
@@ -527,7 +493,7 @@ async def test_on_disconnect_continue_runs_on_after_the_socket_closes(
         run = (await http.get(f"/api/runs/{run_of['goes-on']}", headers=headers)).json()
         assert run["status"] == "running"
 
-        gate.set()
+        gate.opened.set()
         completed = await watcher.until(final_of(run_of["goes-on"]))
     assert completed["type"] == "run_completed"
     assert completed["data"]["message"]["content"] == "4 * 5 = 20"
