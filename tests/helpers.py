@@ -99,9 +99,11 @@ def ws_connections(container: AppContainer) -> dict[str, float]:
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp) -> AsyncIterator[str]:
-    """``app`` on a real uvicorn on a free loopback port, for the block: its ``host:port``."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+async def serving(app: ASGIApp, config: uvicorn.Config | None = None) -> AsyncIterator[str]:
+    """``app`` on a real uvicorn on a free loopback port, for the block: its ``host:port``.
+    ``config`` (for ``app``, on 127.0.0.1 port 0) replaces the quiet default."""
+    if config is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     running = asyncio.create_task(server.serve())
     while not server.started:

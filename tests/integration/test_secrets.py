@@ -43,7 +43,7 @@ from src.services.database.migrations import upgrade_to_head
 from src.services.errors import Unauthorized
 from src.settings import Settings
 from src.web.app import create_app
-from tests.helpers import POSTGRES_ADMIN_URL, auth, postgres_admin, reachable_redis
+from tests.helpers import POSTGRES_ADMIN_URL, auth, postgres_admin, reachable_redis, serving
 from tests.llm_server import FakeModelServer
 
 API_KEY = "sk-isochat-test-key-0123456789abcdef"  # caught only as a literal: no pattern fits
@@ -123,17 +123,8 @@ async def served(app: ASGIApp, sink: LogSink) -> AsyncIterator[str]:
         access_log=True, lifespan="off",
     )  # fmt: skip
     sink.attach()  # uvicorn applied the config again: new handlers
-    server = uvicorn.Server(config)
-    running = asyncio.create_task(server.serve())
-    while not server.started:
-        if running.done():
-            running.result()  # it failed to start: say why
-        await asyncio.sleep(0.01)
-    try:
-        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await running
+    async with serving(app, config) as address:
+        yield address
 
 
 @asynccontextmanager
