@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +22,7 @@ from src.web.errors import ApiError, error_response
 from src.web.websocket import websocket_endpoint
 
 READY_CHECK_TIMEOUT_S = 2.0
+T = TypeVar("T")
 
 
 def _container(request: Request) -> AppContainer:
@@ -69,36 +71,20 @@ async def ready(request: Request) -> Response:
     events can be delivered and the language model answers; otherwise 503 naming the failing
     checks. The checks run side by side, so the answer takes as long as the slowest one."""
     container = _container(request)
-    checks = {"database": "ok", "migrations": "ok", "broker": "ok", "model": "ok"}
-
-    async def database() -> None:
-        try:
-            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-                if not await container.database().schema_is_current():
-                    checks["migrations"] = "behind"
-        except Exception:
-            checks["database"] = "unavailable"
-            checks["migrations"] = "unknown"
-
-    async def broker() -> None:
-        try:
-            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-                await container.broker().ping()
-        except Exception:
-            checks["broker"] = "unavailable"
-
-    async def model() -> None:
-        # The model caches its answer (and probes once at a time), so frequent readiness
-        # probes from every load balancer cost the model server almost nothing.
-        llm: LLM = container.llm()
-        try:
-            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-                if not await llm.is_available():
-                    checks["model"] = "unavailable"
-        except Exception:
-            checks["model"] = "unavailable"
-
-    await asyncio.gather(database(), broker(), model())
+    llm: LLM = container.llm()
+    # The model caches its answer (and probes once at a time), so frequent readiness probes
+    # from every load balancer cost the model server almost nothing.
+    schema_current, broker_up, model_up = await asyncio.gather(
+        _probe(container.database().schema_is_current),
+        _probe(container.broker().ping),
+        _probe(llm.is_available),
+    )
+    checks = {
+        "database": "unavailable" if schema_current is None else "ok",
+        "migrations": "unknown" if schema_current is None else "ok" if schema_current else "behind",
+        "broker": "ok" if broker_up is not None else "unavailable",
+        "model": "ok" if model_up else "unavailable",
+    }
     failing = [name for name, state in checks.items() if state != "ok"]
     if not failing:
         return _json({"status": "ok", "checks": checks})
@@ -108,6 +94,17 @@ async def ready(request: Request) -> Response:
         "error": {"code": "unavailable", "message": f"failing checks: {', '.join(failing)}"},
     }
     return _json(body, 503)
+
+
+async def _probe(check: Callable[[], Awaitable[T]]) -> T | bool | None:
+    """What ``check`` answered (True when it answers nothing), or None when it failed or took
+    longer than ``READY_CHECK_TIMEOUT_S``."""
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            answer = await check()
+    except Exception:
+        return None
+    return True if answer is None else answer
 
 
 async def metrics(request: Request) -> Response:

@@ -4,7 +4,7 @@ Repositories never commit: the use case owns the transaction.
 
 Every read of user data filters by its owner in the query itself, so a caller cannot forget to.
 Statements are SQLAlchemy Core on the tables (rows, not ORM objects): no identity map, no unit of
-work, a fraction of the ORM's cost per row. They run on a session or a bare connection alike.
+work, a fraction of the ORM's cost per row.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Any, Literal
 
 from sqlalchemy import Row, insert, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
 from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
 
-Executor = AsyncSession | AsyncConnection
 THREADS, MESSAGES, RUNS, EVENTS = (
     ThreadRow.__table__,
     MessageRow.__table__,
@@ -86,7 +85,7 @@ def add_thread(conn: Connection, thread: Thread) -> None:
     )
 
 
-async def get_thread(session: Executor, *, thread_id: str, user_id: str) -> Thread | None:
+async def get_thread(session: AsyncSession, *, thread_id: str, user_id: str) -> Thread | None:
     result = await session.execute(
         select(THREADS).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
     )
@@ -94,7 +93,7 @@ async def get_thread(session: Executor, *, thread_id: str, user_id: str) -> Thre
     return None if row is None else _thread(row)
 
 
-async def list_threads(session: Executor, *, user_id: str) -> list[Thread]:
+async def list_threads(session: AsyncSession, *, user_id: str) -> list[Thread]:
     rows = await session.execute(
         select(THREADS)
         .where(THREADS.c.user_id == user_id)
@@ -106,7 +105,7 @@ async def list_threads(session: Executor, *, user_id: str) -> list[Thread]:
 # messages
 
 
-async def assistant_message(session: Executor, *, run_id: str) -> Message | None:
+async def assistant_message(session: AsyncSession, *, run_id: str) -> Message | None:
     result = await session.execute(
         select(MESSAGES).where(MESSAGES.c.run_id == run_id, MESSAGES.c.role == "assistant")
     )
@@ -115,7 +114,7 @@ async def assistant_message(session: Executor, *, run_id: str) -> Message | None
 
 
 async def list_messages(
-    session: Executor, *, thread_id: str, user_id: str, role: str | None = None
+    session: AsyncSession, *, thread_id: str, user_id: str, role: str | None = None
 ) -> list[Message]:
     query = (
         select(MESSAGES)
@@ -131,7 +130,7 @@ async def list_messages(
 # runs
 
 
-async def get_run(session: Executor, *, run_id: str, user_id: str) -> Run | None:
+async def get_run(session: AsyncSession, *, run_id: str, user_id: str) -> Run | None:
     result = await session.execute(
         select(RUNS).where(RUNS.c.id == run_id, RUNS.c.user_id == user_id)
     )
@@ -142,7 +141,9 @@ async def get_run(session: Executor, *, run_id: str, user_id: str) -> Run | None
 # events
 
 
-async def list_events(session: Executor, *, run_id: str, user_id: str, after: int) -> list[Event]:
+async def list_events(
+    session: AsyncSession, *, run_id: str, user_id: str, after: int
+) -> list[Event]:
     rows = await session.execute(
         select(EVENTS, RUNS.c.thread_id)
         .join(RUNS, RUNS.c.id == EVENTS.c.run_id)
