@@ -178,16 +178,7 @@ class ChatService:
         The message is committed before any agent runs, so it survives any failure of the run.
         """
         now = utcnow()
-        run = Run(
-            id=run_id,
-            thread_id=thread_id,
-            user_id=user_id,
-            status="running",
-            route=None,
-            error=None,
-            created_at=now,
-            finished_at=None,
-        )
+        run = Run.running(id=run_id, thread_id=thread_id, user_id=user_id, created_at=now)
         message = Message(
             id=str(uuid.uuid4()),
             thread_id=thread_id,

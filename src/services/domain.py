@@ -67,6 +67,20 @@ class Run:
     created_at: datetime
     finished_at: datetime | None
 
+    @classmethod
+    def running(cls, *, id: str, thread_id: str, user_id: str, created_at: datetime) -> Run:
+        """A run that has not ended (nor been routed) yet."""
+        return cls(
+            id=id,
+            thread_id=thread_id,
+            user_id=user_id,
+            status="running",
+            route=None,
+            error=None,
+            created_at=created_at,
+            finished_at=None,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

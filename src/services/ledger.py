@@ -269,16 +269,7 @@ def expired_runs(conn: Connection, *, now: datetime, limit: int = 100) -> list[R
         .limit(limit)
     )
     return [
-        Run(
-            id=run_id,
-            thread_id=thread_id,
-            user_id=user_id,
-            status="running",
-            route=None,
-            error=None,
-            created_at=created_at,
-            finished_at=None,
-        )
+        Run.running(id=run_id, thread_id=thread_id, user_id=user_id, created_at=created_at)
         for run_id, thread_id, user_id, created_at in rows
     ]
 
