@@ -46,8 +46,7 @@ class EventEmitter:
         self._lease = lease
         self._route: str | None = None  # stored with the next write: no transaction of its own
         self.finished = False
-        # Set once this emitter's terminal write has committed: what the run ended as.
-        self.final_status: RunStatus | None = None
+        # Set once this emitter's terminal write has committed: the run as it ended.
         self.final_run: Run | None = None
 
     async def emit(
@@ -76,6 +75,11 @@ class EventEmitter:
         if route is not None and self._route == route:
             self._route = None
         return event
+
+    @property
+    def final_status(self) -> RunStatus | None:
+        """What the run ended as, if this emitter's terminal write ended it."""
+        return None if self.final_run is None else self.final_run.status
 
     def set_route(self, route: str) -> None:
         """The route triage chose, stored with the run's next write."""
@@ -132,7 +136,6 @@ class EventEmitter:
             self.finished = True
             raise
         self.finished = True
-        self.final_status = status
         self.final_run = ended[-1]
 
     async def _record(
