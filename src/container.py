@@ -23,7 +23,7 @@ from src.agents.context import RunContext
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
-from src.agents.triage import TriageAgent
+from src.agents.triage import Route, TriageAgent
 from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
 from src.services.auth import InProcessUsedTickets, RedisUsedTickets, TokenService, WsTickets
 from src.services.broker import EventBroker, InProcessBroker
@@ -39,6 +39,7 @@ from src.services.metrics import Metrics
 from src.services.redis_broker import RedisBroker
 from src.services.runs import RunRegistry
 from src.services.scope_monitor import ScopeMonitor
+from src.services.usage import RunUsage
 from src.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,36 +98,65 @@ class RequestContainer(containers.DeclarativeContainer):
         providers.Callable(Database.open_session, database),
         closer=providers.Callable(Database.close_session, database),
     )
+    usage = Scoped(providers.Factory(RunUsage, counter=metrics))
     emitter = Scoped(
         providers.Factory(
-            EventEmitter, context=run_context, database=database, broker=broker, lease=lease
+            EventEmitter,
+            context=run_context,
+            database=database,
+            broker=broker,
+            lease=lease,
+            usage=usage,
         )
     )
 
-    # New at every call: nothing an agent holds is ever shared with another request.
+    # Tools and agents: new at every call, so nothing an agent holds is ever shared with
+    # another request.
     calculator = providers.Factory(Calculator)
     conversation = providers.Factory(ConversationHistory, session=session, context=run_context)
-    triage = providers.Factory(TriageAgent, events=emitter, tracker=metrics, llm=llm)
     math_agent = providers.Factory(
-        MathAgent, events=emitter, tracker=metrics, calculator=calculator
+        MathAgent,
+        events=emitter,
+        tracker=metrics,
+        llm=llm,
+        usage=usage,
+        tools=providers.List(calculator),
     )
     history_agent = providers.Factory(
-        HistoryAgent, events=emitter, tracker=metrics, history=conversation
+        HistoryAgent,
+        events=emitter,
+        tracker=metrics,
+        llm=llm,
+        usage=usage,
+        tools=providers.List(conversation),
     )
     general_agent = providers.Factory(
-        GeneralAgent, events=emitter, tracker=metrics, llm=llm, history=conversation
+        GeneralAgent, events=emitter, tracker=metrics, llm=llm, usage=usage, history=conversation
+    )
+    # What triage chooses from. A route is what the model is told plus a provider of its
+    # agent (only the chosen one is ever built); Route objects hold nothing of a request, so
+    # one of each serves every run. Teams add or replace routes here (see README, "Your own
+    # agents and tools").
+    routes = providers.Dict(
+        math=providers.Singleton(
+            Route, description=MathAgent.description, agent=math_agent.provider
+        ),
+        history=providers.Singleton(
+            Route, description=HistoryAgent.description, agent=history_agent.provider
+        ),
+        general=providers.Singleton(
+            Route, description=GeneralAgent.description, agent=general_agent.provider
+        ),
+    )
+    triage = providers.Factory(
+        TriageAgent, events=emitter, tracker=metrics, llm=llm, usage=usage, routes=routes
     )
     supervisor = providers.Factory(
         Supervisor,
         context=run_context,
         emitter=emitter,
         triage=triage,
-        # Providers, not agents: only the specialist triage picks is ever built.
-        specialists=providers.Dict(
-            math=math_agent.provider,
-            history=history_agent.provider,
-            general=general_agent.provider,
-        ),
+        routes=routes,
         run_timeout_s=settings.provided.run_timeout_s,
         metrics=metrics,
     )

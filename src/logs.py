@@ -230,8 +230,12 @@ def logging_config(
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
-            name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{
+                name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
+            # A line per model request and retry at info: the adapter logs what went wrong.
+            **{name: {"level": "WARNING"} for name in ("openai", "httpx2")},
         },
     }
 

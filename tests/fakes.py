@@ -14,24 +14,32 @@ Anything else is triaged as usual. A tool failure needs no fake: ``what is 1/0``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Mapping, Sequence
 
 from dependency_injector import providers
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.base import AgentTracker, RunEvents
-from src.agents.triage import TriageAgent
+from src.agents.triage import Route, TriageAgent
 from src.container import AppContainer
-from src.services.llm import LLM, ChatMessage, LLMError
+from src.services.llm import LLM, ChatMessage, LLMError, Reply, TextSink, ToolSpec
 from src.services.llm.offline import OfflineLLM
+from src.services.usage import RunUsage
 
 
 class ChaosTriage(TriageAgent):
     def __init__(
-        self, *, events: RunEvents, tracker: AgentTracker, llm: LLM, session: AsyncSession
+        self,
+        *,
+        events: RunEvents,
+        tracker: AgentTracker,
+        llm: LLM,
+        usage: RunUsage,
+        routes: Mapping[str, Route],
+        session: AsyncSession,
     ) -> None:
-        super().__init__(events=events, tracker=tracker, llm=llm)
+        super().__init__(events=events, tracker=tracker, llm=llm, usage=usage, routes=routes)
         self._session = session
 
     async def answer(self, content: str) -> str:
@@ -57,14 +65,18 @@ class FlakyLLM:
     async def is_available(self) -> bool:
         return await self._model.is_available()
 
-    async def complete(self, messages: Sequence[ChatMessage]) -> str:
+    async def reply(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        require_tool: str | None = None,
+        on_text: TextSink | None = None,
+    ) -> Reply:
         self._check(messages)
-        return await self._model.complete(messages)
-
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        self._check(messages)
-        async for piece in self._model.stream(messages):
-            yield piece
+        return await self._model.reply(
+            messages, tools=tools, require_tool=require_tool, on_text=on_text
+        )
 
     @staticmethod
     def _check(messages: Sequence[ChatMessage]) -> None:
@@ -81,6 +93,8 @@ def install_chaos(container: AppContainer) -> None:
             events=request.emitter,
             tracker=request.metrics,
             llm=request.llm,
+            usage=request.usage,
+            routes=request.routes,
             session=request.session,
         )
     )
@@ -99,8 +113,17 @@ class Gate:
 class GatedTriage(TriageAgent):
     """Triage that waits at the gate before it answers."""
 
-    def __init__(self, *, events: RunEvents, tracker: AgentTracker, llm: LLM, gate: Gate) -> None:
-        super().__init__(events=events, tracker=tracker, llm=llm)
+    def __init__(
+        self,
+        *,
+        events: RunEvents,
+        tracker: AgentTracker,
+        llm: LLM,
+        usage: RunUsage,
+        routes: Mapping[str, Route],
+        gate: Gate,
+    ) -> None:
+        super().__init__(events=events, tracker=tracker, llm=llm, usage=usage, routes=routes)
         self._gate = gate
 
     async def answer(self, content: str) -> str:
@@ -121,6 +144,8 @@ def hold_triage(container: AppContainer, *, only: str | None = None) -> Gate:
             events=request.emitter,
             tracker=request.metrics,
             llm=request.llm,
+            usage=request.usage,
+            routes=request.routes,
             gate=providers.Object(gate),
         )
     )

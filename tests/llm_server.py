@@ -1,14 +1,23 @@
 """A real OpenAI-compatible model server for tests, on 127.0.0.1, whose behaviour each message
-chooses with a marker:
+chooses with markers:
 
 - ``[llm:MODE]`` applies to every call of the run (triage's route choice and the answer);
-- ``[answer:MODE]`` applies only to the answer (the ``general`` agent's call);
-- ``[route:NAME]`` makes triage answer ``NAME`` (default ``general``).
+- ``[answer:MODE]`` applies only to the specialist's calls;
+- ``[route:NAME]`` makes triage call ``choose_route`` with ``NAME`` (default ``general``);
+  ``[route:prose]`` makes it answer in words instead, calling nothing;
+- ``[calls:SCRIPT]`` makes the specialist's first turn call tools: ``SCRIPT`` is
+  ``name=json-arguments`` items joined by ``;``, e.g. ``[calls:calculator={"expression":"2+2"}]``,
+  several in one turn; once the results are back it answers
+  ``Model says: <results joined by " | ">``;
+- ``[calls-forever:NAME=JSON]`` calls that tool again at every turn, never answering;
+- ``[text:KEY]`` answers with ``TEXTS[KEY]`` exactly (white space, newlines, code).
 
 MODEs: ``nostream`` (plain JSON even when a stream is asked for), ``500``, ``429-then-ok`` (each
 distinct request is refused once with 429, then served), ``hang`` (never answers), ``stall``
 (streams one piece, then nothing), ``garbage`` (200 with a body that is not JSON),
 ``no-choices``, ``bad-chunk`` (a stream chunk that is not JSON).
+
+Every answer reports ``usage``: ``PROMPT_TOKENS`` and ``COMPLETION_TOKENS`` per call.
 """
 
 from __future__ import annotations
@@ -25,9 +34,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from src.services.llm.offline import ROUTE_CHOICE_MARKER
+from src.services.llm.offline import ROUTE_TOOL
 
-_MARKER = re.compile(r"\[(llm|answer|route):([a-z0-9-]+)\]")
+_MARKER = re.compile(r"\[(llm|answer|route|text):([a-z0-9-]+)\]")
+_CALLS = re.compile(r"\[(calls|calls-forever):([^\]]+)\]")
+PROMPT_TOKENS = 11
+COMPLETION_TOKENS = 7
+TEXTS = {
+    "spaces": "  Leading and trailing spaces.  ",
+    "newlines": "\n\nFirst line.\nSecond line,\n\n  indented third.\n",
+    "code": (
+        "Here is the code:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
+        "Call `add(1, 2)`.\t"
+    ),
+}
 
 
 class FakeModelServer:
@@ -65,17 +85,48 @@ class FakeModelServer:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         self.attempts[raw.decode()] += 1
-        user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+        messages = body["messages"]
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        user = messages[last_user]["content"]
         markers = dict(_MARKER.findall(user))
         route_choice = _is_route_choice(body)
         mode = markers.get("llm") or (None if route_choice else markers.get("answer"))
-        if route_choice:
-            text = markers.get("route", "general")
-        else:
-            text = "Model says: " + _MARKER.sub("", user).strip()
-        return await self._respond(mode, text, stream=bool(body.get("stream")), raw=raw.decode())
+        turn = self._turn(user, markers, messages[last_user + 1 :], route_choice=route_choice)
+        return await self._respond(mode, turn, stream=bool(body.get("stream")), raw=raw.decode())
 
-    async def _respond(self, mode: str | None, text: str, *, stream: bool, raw: str) -> Response:
+    def _turn(
+        self,
+        user: str,
+        markers: dict[str, str],
+        this_run: list[dict[str, Any]],
+        *,
+        route_choice: bool,
+    ) -> dict[str, Any]:
+        """The assistant message this call answers with: ``content`` and ``tool_calls``."""
+        if route_choice:
+            route = markers.get("route", "general")
+            if route == "prose":
+                return {"content": "I think this is about math.", "tool_calls": []}
+            return {"content": "", "tool_calls": [(ROUTE_TOOL, json.dumps({"route": route}))]}
+        script = dict(_CALLS.findall(user))
+        results = [m["content"] for m in this_run if m["role"] == "tool"]
+        if "calls-forever" in script:
+            return {"content": "", "tool_calls": [_parse_call(script["calls-forever"])]}
+        if "calls" in script and not results:
+            return {
+                "content": "",
+                "tool_calls": [_parse_call(c) for c in script["calls"].split(";")],
+            }
+        if results:
+            return {"content": "Model says: " + " | ".join(results), "tool_calls": []}
+        if "text" in markers:
+            return {"content": TEXTS[markers["text"]], "tool_calls": []}
+        plain = _CALLS.sub("", _MARKER.sub("", user)).strip()
+        return {"content": "Model says: " + plain, "tool_calls": []}
+
+    async def _respond(
+        self, mode: str | None, turn: dict[str, Any], *, stream: bool, raw: str
+    ) -> Response:
         if mode == "500":
             return JSONResponse({"error": {"message": "model crashed"}}, status_code=500)
         if mode == "429-then-ok" and self.attempts[raw] == 1:
@@ -89,38 +140,81 @@ class FakeModelServer:
             return JSONResponse({"id": "x", "choices": []})
         if stream and mode != "nostream":
             return StreamingResponse(
-                self._chunks(text, stall=mode == "stall", bad=mode == "bad-chunk"),
+                self._chunks(turn, stall=mode == "stall", bad=mode == "bad-chunk"),
                 media_type="text/event-stream",
             )
+        calls = [_wire_call(i, name, args) for i, (name, args) in enumerate(turn["tool_calls"])]
+        message: dict[str, Any] = {"role": "assistant", "content": turn["content"] or None}
+        if calls:
+            message["tool_calls"] = calls
         return JSONResponse(
             {
                 "id": "x",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": _usage(),
             }
         )
 
-    async def _chunks(self, text: str, *, stall: bool, bad: bool) -> AsyncIterator[bytes]:
+    async def _chunks(
+        self, turn: dict[str, Any], *, stall: bool, bad: bool
+    ) -> AsyncIterator[bytes]:
         self.streams_started += 1
         self.stream_started.set()
         try:
             yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
-            for i, word in enumerate(text.split(" ")):
-                piece = word if i == 0 else " " + word
+            for piece in re.findall(r"\S+\s*|\s+", turn["content"]):
                 yield _sse({"choices": [{"index": 0, "delta": {"content": piece}}]})
                 if stall:
                     await self._release.wait()
                 if bad:
                     yield b"data: {not json\n\n"
+            # Tool calls as real servers stream them: the id and name first, then the
+            # arguments in small pieces, calls interleaved by index.
+            calls = turn["tool_calls"]
+            for index, (name, _) in enumerate(calls):
+                head = {"index": index, "id": f"call_{index}", "type": "function",
+                        "function": {"name": name, "arguments": ""}}  # fmt: skip
+                yield _sse({"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]})
+            longest = max((len(args) for _, args in calls), default=0)
+            for start in range(0, longest, 5):
+                for index, (_, args) in enumerate(calls):
+                    if start < len(args):
+                        part = {"index": index, "function": {"arguments": args[start : start + 5]}}
+                        yield _sse({"choices": [{"index": 0, "delta": {"tool_calls": [part]}}]})
+            finish = "tool_calls" if calls else "stop"
+            yield _sse({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+            yield _sse({"choices": [], "usage": _usage()})
             yield b"data: [DONE]\n\n"
         finally:
             self.streams_closed += 1
             self.stream_closed.set()
 
 
+def _parse_call(item: str) -> tuple[str, str]:
+    name, _, arguments = item.partition("=")
+    return name.strip(), arguments
+
+
+def _wire_call(index: int, name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{index}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+def _usage() -> dict[str, int]:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    }
+
+
 def _is_route_choice(body: dict[str, Any]) -> bool:
-    return any(
-        m["role"] == "system" and ROUTE_CHOICE_MARKER in m["content"] for m in body["messages"]
-    )
+    choice = body.get("tool_choice")
+    return isinstance(choice, dict) and choice.get("function", {}).get("name") == ROUTE_TOOL
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
-from src.agents.tools import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, Tool, ToolError, truncate
+from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, ToolError, truncate
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 MAX_ANSWER_CHARS = 16_000
 # - each text an event carries: ``agent_thinking``'s text, a tool's input and output, an agent's
 #   result. Every event is a stored row sent to every socket of the user; an agent that has
-#   more to say says it in several events (see GeneralAgent).
+#   more to say says it in several events (see ``src/agents/thinking.py``).
 MAX_EVENT_TEXT_CHARS = 4_000
 
 
@@ -38,7 +38,7 @@ class AgentError(Exception):
 
 
 class Agent(ABC):
-    name: ClassVar[str]
+    name: str
 
     def __init__(self, *, events: RunEvents, tracker: AgentTracker) -> None:
         self._events = events
@@ -53,33 +53,16 @@ class Agent(ABC):
         await self._events.emit(
             "agent_completed",
             agent=self.name,
-            data={"result": truncate(result, MAX_EVENT_TEXT_CHARS)},
+            data={"result": truncate(result, MAX_EVENT_TEXT_CHARS), **self.result_details()},
         )
         return result
 
     @abstractmethod
     async def answer(self, content: str) -> str: ...
 
-    async def think(self, text: str) -> None:
-        await self._events.emit(
-            "agent_thinking", agent=self.name, data={"text": truncate(text, MAX_EVENT_TEXT_CHARS)}
-        )
-
-    async def use_tool(self, tool: Tool, tool_input: str) -> str:
-        """``tool``'s output for ``tool_input``, cut to ``MAX_TOOL_OUTPUT_CHARS``. The tool
-        gets the whole input; the event shows it cut to ``MAX_EVENT_TEXT_CHARS``."""
-        await self._events.emit(
-            "tool_executing",
-            agent=self.name,
-            data={"tool": tool.name, "input": truncate(tool_input, MAX_EVENT_TEXT_CHARS)},
-        )
-        output = truncate(await tool(tool_input), MAX_TOOL_OUTPUT_CHARS)
-        await self._events.emit(
-            "tool_completed",
-            agent=self.name,
-            data={"tool": tool.name, "output": truncate(output, MAX_EVENT_TEXT_CHARS)},
-        )
-        return output
+    def result_details(self) -> dict[str, Any]:
+        """What ``agent_completed`` says besides the result (triage: why it fell back)."""
+        return {}
 
 
 __all__ = [

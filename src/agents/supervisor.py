@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from src.agents.base import Agent
 from src.agents.context import RunContext
-from src.agents.tools import ToolError
-from src.agents.triage import FALLBACK_ROUTE
+from src.agents.loop import StepLimitReached
+from src.agents.tool import ToolError
+from src.agents.triage import FALLBACK_ROUTE, Route
 from src.logs import log_failure
 from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
 from src.services.domain import Message, Run, RunError
@@ -37,14 +38,14 @@ class Supervisor:
         context: RunContext,
         emitter: EventEmitter,
         triage: Agent,
-        specialists: Mapping[str, Callable[[], Agent]],
+        routes: Mapping[str, Route],
         run_timeout_s: float,
         metrics: RunMetrics,
     ) -> None:
         self._context = context
         self._emitter = emitter
         self._triage = triage
-        self._specialists = specialists
+        self._routes = routes
         self._run_timeout_s = run_timeout_s
         self._metrics = metrics
         self._at_work: str | None = None  # the agent working now, named in failure metrics
@@ -94,8 +95,8 @@ class Supervisor:
             await self._emitter.emit("run_started", data={"request_id": self._context.request_id})
             route = await self._work(self._triage, content)
             self._emitter.set_route(route)
-            make_specialist = self._specialists.get(route) or self._specialists[FALLBACK_ROUTE]
-            answer = await self._work(make_specialist(), content)
+            chosen = self._routes.get(route) or self._routes[FALLBACK_ROUTE]
+            answer = await self._work(chosen.agent(), content)
         self._at_work = None
         return await self._emitter.complete(content=answer)
 
@@ -133,6 +134,8 @@ class Supervisor:
             return RunError("llm_error", str(exc) or "the language model failed")
         if isinstance(exc, ToolError):
             return RunError("tool_error", str(exc))
+        if isinstance(exc, StepLimitReached):
+            return RunError("step_limit", str(exc))
         if isinstance(exc, (SQLAlchemyError, *DATABASE_UNAVAILABLE)):
             log_failure(log, "database error in run %s", self._context.run_id, exc=exc)
             return RunError("database_error", "the database failed during the run")

@@ -1,37 +1,45 @@
-"""Tools the specialists call. Each takes text and returns text, like an LLM tool call."""
+"""isochat's own tools: the calculator (``math``) and the conversation's history
+(``history``). Teams add theirs the same way (see ``src/agents/tool.py``)."""
 
 from __future__ import annotations
 
 import ast
 import operator
+import re
 from collections.abc import Callable, Sequence
-from decimal import Decimal, DecimalException, DivisionByZero, InvalidOperation, localcontext
-from typing import Protocol
+from decimal import (
+    ROUND_HALF_UP,
+    Decimal,
+    DecimalException,
+    DivisionByZero,
+    InvalidOperation,
+    localcontext,
+)
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
+from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, Tool, ToolError, truncate
 from src.services.database import repositories as repo
 from src.services.database.engine import atomic
 from src.services.domain import Message
 
+# What the history tool says of a thread without earlier messages (the offline model knows it).
+from src.services.llm.offline import NO_EARLIER_MESSAGES
 
-class ToolError(Exception):
-    """A tool refused its input or failed: the run fails with ``tool_error``."""
+__all__ = [
+    "MAX_TOOL_OUTPUT_CHARS",
+    "NO_EARLIER_MESSAGES",
+    "TRUNCATED",
+    "Calculator",
+    "ConversationHistory",
+    "ToolError",
+    "evaluate",
+    "summarise_messages",
+    "truncate",
+]
 
-
-class Tool(Protocol):
-    name: str
-
-    async def __call__(self, tool_input: str) -> str: ...
-
-
-NO_EARLIER_MESSAGES = "no earlier messages"
-# Every tool's output is cut to this by the agent that calls it (``Agent.use_tool``): it is
-# stored in an event and handed on to the answer, so no tool can flood a run.
-MAX_TOOL_OUTPUT_CHARS = 4_000
-# Said at the end of a text a cap has cut; counted within the cap.
-TRUNCATED = "\u2026 [truncated]"
 # The history tool summarises within the tool cap instead of replaying whole messages: the last
 # HISTORY_MESSAGES_SHOWN messages, each cut to an excerpt. 10 * (300 + ~40) + two header lines
 # stays under MAX_TOOL_OUTPUT_CHARS, so the tool cap never has to cut the summary.
@@ -40,6 +48,7 @@ HISTORY_EXCERPT_CHARS = 300
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 100
 MAX_DIGITS = 60
+MAX_ROUND_PLACES = 20
 EXACT_DIGITS = 50  # integers up to this many digits come out exact
 SHOWN_DIGITS = 28  # other results are shown to this many significant digits
 
@@ -51,16 +60,34 @@ _BINARY: dict[type[ast.operator], Callable[[Decimal, Decimal], Decimal]] = {
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
 }
+# A number followed by % and then nothing it could be the left side of: per cent.
+_PERCENT = re.compile(r"((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*%(?!\s*[\d.(a-zA-Z])")
+ALLOWED = (
+    "numbers (1.5e3 too), + - * / // % ** (or ^), brackets, n% (per cent), "
+    "sqrt(x), round(x) or round(x, places), abs(x)"
+)
 
 
-class Calculator:
-    """Exact decimal arithmetic on + - * / // % ** and parentheses, parsed as a tree and never
-    evaluated as code. Exponents and magnitudes are bounded so no input can stall the process."""
+class CalculatorInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expression: str = Field(
+        description=f"An arithmetic expression, e.g. (12 + 3) * 4 or sqrt(144). Allowed: {ALLOWED}."
+    )
+
+
+class Calculator(Tool[CalculatorInput]):
+    """Exact decimal arithmetic, parsed as a tree and never evaluated as code. Exponents,
+    magnitudes and rounding places are bounded so no input can stall the process."""
 
     name = "calculator"
+    description = (
+        "Evaluates an arithmetic expression exactly (decimal arithmetic: 0.1 + 0.2 = 0.3). "
+        "Use it for every calculation instead of computing in your head."
+    )
 
-    async def __call__(self, tool_input: str) -> str:
-        return format_number(evaluate(tool_input))
+    async def run(self, params: CalculatorInput) -> str:
+        return format_number(evaluate(params.expression))
 
 
 def evaluate(expression: str) -> Decimal:
@@ -69,6 +96,7 @@ def evaluate(expression: str) -> Decimal:
         raise ToolError("the expression is empty")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ToolError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    text = _PERCENT.sub(r"(\1 / 100)", text)
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
@@ -78,7 +106,7 @@ def evaluate(expression: str) -> Decimal:
         ctx.traps[DivisionByZero] = True
         ctx.traps[InvalidOperation] = True
         try:
-            return _eval(tree.body)
+            return _Evaluator(text).eval(tree.body)
         except (DivisionByZero, ZeroDivisionError):
             raise ToolError("division by zero") from None
         except InvalidOperation:
@@ -87,37 +115,75 @@ def evaluate(expression: str) -> Decimal:
             raise ToolError("the result is out of range") from None
 
 
-def _eval(node: ast.expr) -> Decimal:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        value = Decimal(str(node.value))
-        if len(value.as_tuple().digits) > MAX_DIGITS:
-            raise ToolError("a number has too many digits")
-        return value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        operand = _eval(node.operand)
-        return -operand if isinstance(node.op, ast.USub) else operand
-    if isinstance(node, ast.BinOp):
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow):
-            if right != right.to_integral_value() or abs(right) > MAX_EXPONENT:
-                raise ToolError(f"exponents must be whole numbers up to {MAX_EXPONENT}")
-            return left**right
-        op = _BINARY.get(type(node.op))
-        if op is not None:
-            return op(left, right)
-    raise ToolError("only numbers, + - * / // % ** and parentheses are allowed")
+class _Evaluator:
+    def __init__(self, source: str) -> None:
+        self._source = source
+
+    def eval(self, node: ast.expr) -> Decimal:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            # From the source text, not the float: 1.1e1 is exactly 11.
+            value = Decimal(ast.get_source_segment(self._source, node) or str(node.value))
+            if len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_DIGITS:
+                raise ToolError("a number has too many digits")
+            return value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            operand = self.eval(node.operand)
+            return -operand if isinstance(node.op, ast.USub) else operand
+        if isinstance(node, ast.BinOp):
+            left, right = self.eval(node.left), self.eval(node.right)
+            if isinstance(node.op, ast.Pow):
+                if right != right.to_integral_value() or abs(right) > MAX_EXPONENT:
+                    raise ToolError(
+                        f"exponents must be whole numbers up to {MAX_EXPONENT} (sqrt(x) for roots)"
+                    )
+                return left**right
+            op = _BINARY.get(type(node.op))
+            if op is not None:
+                return op(left, right)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+            return self._call(node.func.id, [self.eval(arg) for arg in node.args])
+        raise ToolError(f"only {ALLOWED} are allowed")
+
+    @staticmethod
+    def _call(name: str, args: list[Decimal]) -> Decimal:
+        if name == "sqrt" and len(args) == 1:
+            if args[0] < 0:
+                raise ToolError("the square root of a negative number is not a real number")
+            return args[0].sqrt()
+        if name == "abs" and len(args) == 1:
+            return abs(args[0])
+        if name == "round" and len(args) in (1, 2):
+            places = args[1] if len(args) == 2 else Decimal(0)
+            if places != places.to_integral_value() or not 0 <= places <= MAX_ROUND_PLACES:
+                raise ToolError(
+                    f"round() takes a whole number of places from 0 to {MAX_ROUND_PLACES}"
+                )
+            return args[0].quantize(Decimal(1).scaleb(-int(places)), rounding=ROUND_HALF_UP)
+        raise ToolError(f"only {ALLOWED} are allowed")
 
 
 def format_number(value: Decimal) -> str:
     if value == value.to_integral_value() and value.adjusted() < EXACT_DIGITS:
         return str(int(value))
-    return format(value, f".{SHOWN_DIGITS}g")
+    shown = format(value, f".{SHOWN_DIGITS}g")
+    if "." in shown and "e" not in shown:
+        shown = shown.rstrip("0").rstrip(".")  # 0.0100 is 0.01
+    return shown
 
 
-class ConversationHistory:
+class NoInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConversationHistory(Tool[NoInput]):
     """The user's own earlier messages in the run's thread, read with the run's own session."""
 
     name = "conversation_history"
+    description = (
+        "The user's earlier messages in this conversation, oldest first: the newest "
+        f"{HISTORY_MESSAGES_SHOWN}, each cut to {HISTORY_EXCERPT_CHARS} characters."
+    )
+    concurrent = False  # reads with the run's session
 
     def __init__(self, *, session: AsyncSession, context: RunContext) -> None:
         self._session = session
@@ -134,7 +200,7 @@ class ConversationHistory:
 
         return [m for m in await atomic(self._session, read) if m.run_id != ctx.run_id]
 
-    async def __call__(self, tool_input: str) -> str:
+    async def run(self, params: NoInput) -> str:
         earlier = await self.earlier(role="user")
         return summarise_messages([m.content for m in earlier])
 
@@ -163,14 +229,6 @@ def excerpt(text: str, limit: int) -> str:
     if len(flat) <= limit:
         return flat
     return f"{flat[:limit].rstrip()}\u2026 [truncated: {len(text):,} characters]"
-
-
-def truncate(text: str, limit: int) -> str:
-    """``text`` if it has at most ``limit`` characters, else its start and ``TRUNCATED``, in
-    ``limit`` characters all told."""
-    if len(text) <= limit:
-        return text
-    return text[: max(0, limit - len(TRUNCATED))] + TRUNCATED
 
 
 def _messages(count: int) -> str:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from src.services.llm.base import Usage
+
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 FINAL_EVENT_TYPES = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -66,6 +68,8 @@ class Run:
     error: RunError | None
     created_at: datetime
     finished_at: datetime | None
+    # The tokens its model calls used, once it has ended (None when no call reported any).
+    usage: Usage | None = None
 
     @classmethod
     def running(cls, *, id: str, thread_id: str, user_id: str, created_at: datetime) -> Run:
@@ -88,6 +92,7 @@ class Run:
             "status": self.status,
             "route": self.route,
             "error": None if self.error is None else self.error.to_json(),
+            "usage": None if self.usage is None else self.usage.to_json(),
             "created_at": iso(self.created_at),
             "finished_at": iso(self.finished_at),
         }

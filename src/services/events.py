@@ -27,6 +27,7 @@ from src.services.database.models import utcnow
 from src.services.domain import Event, Message, Run, RunError, RunStatus
 from src.services.leases import Lease
 from src.services.ledger import RunAlreadyFinished
+from src.services.usage import RunUsage
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,16 @@ __all__ = ["EventEmitter", "RunAlreadyFinished"]
 
 class EventEmitter:
     def __init__(
-        self, *, context: RunContext, database: Database, broker: EventBroker, lease: Lease
+        self,
+        *,
+        context: RunContext,
+        database: Database,
+        broker: EventBroker,
+        lease: Lease,
+        usage: RunUsage,
     ) -> None:
         self._context = context
+        self._usage = usage  # what the run's model calls used, stored with its end
         self._database = database
         self._broker = broker
         self._lease = lease
@@ -110,7 +118,7 @@ class EventEmitter:
     ) -> None:
         if self.finished:
             raise RunAlreadyFinished(f"run {self._context.run_id} has already ended")
-        ctx, route = self._context, self._route
+        ctx, route, usage = self._context, self._route, self._usage.total
 
         ended: list[Run] = []
 
@@ -124,6 +132,7 @@ class EventEmitter:
                 message=message,
                 ts=utcnow(),
                 route=route,
+                usage=usage,
             )
             if final is None:
                 raise RunAlreadyFinished(f"run {ctx.run_id} has already ended")

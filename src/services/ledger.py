@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Table, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, String, Table, Text, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +34,7 @@ from src.services.database.models import (
 )
 from src.services.domain import Event, Message, Run, RunError, RunStatus
 from src.services.errors import NotFound, RateLimited, RunInProgress
+from src.services.llm import Usage
 
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
 
@@ -80,6 +81,8 @@ _FINISH_VALUES = {
     "lease_expires_at": None,
     "last_seq": RUNS.c.last_seq + 1,
     "route": func.coalesce(bindparam("new_route", type_=String()), RUNS.c.route),
+    "prompt_tokens": bindparam("prompt_tokens", type_=Integer()),
+    "completion_tokens": bindparam("completion_tokens", type_=Integer()),
 }
 # The ended run comes back with the final seq: nobody has to read it again.
 _ENDED_RUN = (
@@ -198,14 +201,18 @@ def finish(
     message: Message | None = None,
     ts: datetime,
     route: str | None = None,
+    usage: Usage | None = None,
     lease_expired_before: datetime | None = None,
 ) -> Ended | None:
     """End a running run with its one final event: ``completed`` with the assistant's
-    ``message``, ``failed`` with ``error``, or ``cancelled``. None (nothing written) when it
-    had already ended, or, with ``lease_expired_before``, when its lease is still live."""
+    ``message``, ``failed`` with ``error``, or ``cancelled``; with the ``usage`` of its model
+    calls. None (nothing written) when it had already ended, or, with
+    ``lease_expired_before``, when its lease is still live."""
     status: RunStatus
+    data: dict[str, Any]
     if message is not None:
-        status, final_type, data = "completed", "run_completed", {"message": message.to_json()}
+        status, final_type = "completed", "run_completed"
+        data = {"message": message.to_json(), "usage": None if usage is None else usage.to_json()}
     elif error is not None:
         status, final_type, data = "failed", "run_failed", {"error": error.to_json()}
     elif cancelled:
@@ -219,6 +226,8 @@ def finish(
         "error_message": None if error is None else error.message,
         "finished_at": ts,
         "new_route": route,
+        "prompt_tokens": None if usage is None else usage.prompt_tokens,
+        "completion_tokens": None if usage is None else usage.completion_tokens,
     }
     statement = _FINISH
     if lease_expired_before is not None:
@@ -243,6 +252,7 @@ def finish(
         error=error,
         created_at=created_at,
         finished_at=ts,
+        usage=usage,
     )
     return Ended(event=event, run=run)
 

@@ -18,6 +18,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from src.services.llm import Usage
+
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -63,6 +65,12 @@ class Metrics:
             ["agent", "code"],
             registry=r,
         )
+        self.llm_tokens_total = Counter(
+            "isochat_llm_tokens_total",
+            "Tokens the model calls used, by kind (prompt, completion)",
+            ["kind"],
+            registry=r,
+        )
         self.ws_connections = Gauge(
             "isochat_ws_connections", "Open WebSocket connections",
             registry=r, multiprocess_mode="livesum",
@@ -84,6 +92,10 @@ class Metrics:
     def run_ended(self, *, status: str, seconds: float) -> None:
         self.runs_total.labels(status=status).inc()
         self.run_seconds.observe(seconds)
+
+    def tokens_used(self, usage: Usage) -> None:
+        self.llm_tokens_total.labels(kind="prompt").inc(usage.prompt_tokens)
+        self.llm_tokens_total.labels(kind="completion").inc(usage.completion_tokens)
 
     def agent_failed(self, *, agent: str, code: str) -> None:
         self.agent_failures_total.labels(agent=agent, code=code).inc()

@@ -107,17 +107,31 @@ async def test_a_message_runs_the_agents_and_replays_its_events(
         ("agent_started", "math"),
         ("tool_executing", "math"),
         ("tool_completed", "math"),
+        ("agent_thinking", "math"),
         ("agent_completed", "math"),
         ("run_completed", None),
     ]
     assert events[0]["data"]["request_id"]
-    assert events[4]["data"] == {"tool": "calculator", "input": "(12 + 3) * 4"}
-    assert events[5]["data"] == {"tool": "calculator", "output": "60"}
+    call_id = events[4]["data"]["call_id"]
+    assert events[4]["data"] == {
+        "tool": "calculator",
+        "input": '{"expression": "(12 + 3) * 4"}',
+        "call_id": call_id,
+    }
+    assert events[5]["data"] == {
+        "tool": "calculator",
+        "output": "60",
+        "call_id": call_id,
+        "ok": True,
+    }
+    assert events[6]["data"] == {"text": "(12 + 3) * 4 = 60"}
     assert events[-1]["data"]["message"] == message
+    assert events[-1]["data"]["usage"] == run["usage"]
+    assert run["usage"]["prompt_tokens"] > 0 and run["usage"]["completion_tokens"] > 0
     assert all(e["run_id"] == run["id"] and e["thread_id"] == thread_id for e in events)
 
     after = await client.get(f"/api/runs/{run['id']}/events?after=5", headers=headers)
-    assert [e["seq"] for e in after.json()["events"]] == [6, 7, 8]
+    assert [e["seq"] for e in after.json()["events"]] == [6, 7, 8, 9]
     assert (await client.get(f"/api/runs/{run['id']}", headers=headers)).json() == run
 
     messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()

@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.base import Agent, AgentTracker, RunEvents
 from src.agents.specialists import MathAgent
-from src.agents.tools import Calculator
+from src.agents.tool import Tool
 from src.container import AppContainer
+from src.services.llm import LLM
 from src.services.metrics import Metrics
+from src.services.usage import RunUsage
 from src.settings import Settings
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
@@ -49,11 +51,13 @@ class RecordingMath(MathAgent):
         *,
         events: RunEvents,
         tracker: AgentTracker,
-        calculator: Calculator,
+        llm: LLM,
+        usage: RunUsage,
+        tools: list[Tool[Any]],
         session: AsyncSession,
         seen: list[dict[str, Any]],
     ) -> None:
-        super().__init__(events=events, tracker=tracker, calculator=calculator)
+        super().__init__(events=events, tracker=tracker, llm=llm, usage=usage, tools=tools)
         seen.append({"agent": self, "session": session, "emitter": events})
 
 
@@ -66,7 +70,9 @@ async def test_agent_instance_isolation(container: AppContainer, client: httpx.A
             RecordingMath,
             events=request.emitter,
             tracker=request.metrics,
-            calculator=request.calculator,
+            llm=request.llm,
+            usage=request.usage,
+            tools=providers.List(request.calculator),
             session=request.session,
             seen=seen,
         )

@@ -6,21 +6,23 @@ answer, the stored messages and ``GET /api/runs/{id}/events``."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
 from dependency_injector import providers
 
 from src.agents.base import MAX_ANSWER_CHARS, MAX_EVENT_TEXT_CHARS, TRUNCATED
+from src.agents.tool import Tool
 from src.agents.tools import (
     HISTORY_MESSAGES_SHOWN,
     MAX_TOOL_OUTPUT_CHARS,
     NO_EARLIER_MESSAGES,
+    CalculatorInput,
     summarise_messages,
 )
 from src.container import AppContainer
-from src.services.llm import ChatMessage
+from src.services.llm import ChatMessage, Reply, TextSink, ToolSpec
 from src.services.llm.offline import OfflineLLM
 from tests.helpers import auth, new_thread, send
 
@@ -28,8 +30,8 @@ LONG_MESSAGE_CHARS = 8_000
 
 
 class ScriptedLLM:
-    """Routes like the offline model; answers with ``pieces``, counting how many the agent
-    took before it closed the stream."""
+    """The offline model, except that the general answer (no tools offered) is ``pieces``;
+    counts how many the agent took before it stopped the stream."""
 
     def __init__(self, pieces: Sequence[str]) -> None:
         self._routes = OfflineLLM()
@@ -43,29 +45,39 @@ class ScriptedLLM:
     async def is_available(self) -> bool:
         return True
 
-    async def complete(self, messages: Sequence[ChatMessage]) -> str:
-        return await self._routes.complete(messages)
-
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def reply(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        require_tool: str | None = None,
+        on_text: TextSink | None = None,
+    ) -> Reply:
+        if tools or on_text is None:
+            return await self._routes.reply(
+                messages, tools=tools, require_tool=require_tool, on_text=on_text
+            )
         try:
             for piece in self._pieces:
                 self.pieces_taken += 1
-                yield piece
-        except GeneratorExit:
+                await on_text(piece)
+        except BaseException:
             self.closed_early = True
             raise
+        return Reply(text="".join(self._pieces))
 
 
-class VerboseCalculator:
+class VerboseCalculator(Tool[CalculatorInput]):
     """A team's tool that says far too much, and remembers the input it was given."""
 
     name = "calculator"
+    description = "a calculator that says too much"
 
     def __init__(self) -> None:
         self.inputs: list[str] = []
 
-    async def __call__(self, tool_input: str) -> str:
-        self.inputs.append(tool_input)
+    async def run(self, params: CalculatorInput) -> str:
+        self.inputs.append(params.expression)
         return "7" * 10_000
 
 
@@ -225,11 +237,13 @@ async def test_every_event_text_stays_within_the_event_cap(
     general = await send(client, headers, thread_id, "Tell me a story")
 
     assert math["run"]["route"] == "math"
-    assert tool.inputs == [expression]  # the tool got the whole input
+    spaced = " + ".join(["1"] * 3_000)  # as the offline model writes it
+    assert tool.inputs == [spaced]  # the tool got the whole input
     math_events = await run_events(client, headers, math["run"]["id"])
     assert_event_texts_capped(math_events)
     texts = dict(event_texts(math_events))
-    assert texts["tool_executing"] == expression[: MAX_EVENT_TEXT_CHARS - len(TRUNCATED)] + (
+    arguments = json.dumps({"expression": spaced})
+    assert texts["tool_executing"] == arguments[: MAX_EVENT_TEXT_CHARS - len(TRUNCATED)] + (
         TRUNCATED
     )
     math_answer = math["message"]["content"]

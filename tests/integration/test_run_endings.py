@@ -267,6 +267,7 @@ async def test_a_cancel_that_loses_the_race_with_completion_is_a_conflict(
             database=request.database,
             broker=request.broker,
             lease=request.lease,
+            usage=request.usage,
         )
     )
     headers = auth(container, "dave")

@@ -94,6 +94,9 @@ class RunRow(Base):
     # checks the run is still running: one atomic step, whoever appends (the run, a cancel, a
     # sweep), so two writers can never collide on (run_id, seq).
     last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # What the run's model calls used, written with its end (null when none reported usage).
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         # The database, not the code, guarantees one running run per thread: two workers

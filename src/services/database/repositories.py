@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
 from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
+from src.services.llm import Usage
 
 THREADS, MESSAGES, RUNS, EVENTS = (
     ThreadRow.__table__,
@@ -57,6 +58,9 @@ def _run(row: Row[Any]) -> Run:
         error=error,
         created_at=row.created_at,
         finished_at=row.finished_at,
+        usage=None
+        if row.prompt_tokens is None
+        else Usage(row.prompt_tokens, row.completion_tokens or 0),
     )
 
 

@@ -1,5 +1,25 @@
 """Language models behind one port, ``LLM``."""
 
-from src.services.llm.base import LLM, ChatMessage, LLMError, LLMTimeout
+from src.services.llm.base import (
+    LLM,
+    ChatMessage,
+    LLMError,
+    LLMTimeout,
+    Reply,
+    TextSink,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 
-__all__ = ["LLM", "ChatMessage", "LLMError", "LLMTimeout"]
+__all__ = [
+    "LLM",
+    "ChatMessage",
+    "LLMError",
+    "LLMTimeout",
+    "Reply",
+    "TextSink",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+]

@@ -1,17 +1,72 @@
-"""The language-model port that agents depend on."""
+"""The language-model port that agents depend on: one chat-completions call, with tools.
+
+A call sends the conversation so far (``ChatMessage``), the tools the model may call
+(``ToolSpec``, a JSON schema each) and, optionally, a tool it must call. It returns the model's
+turn (``Reply``): its text, the tool calls it asked for, and what the call cost (``Usage``).
+With ``on_text`` the answer is streamed: each piece of text is handed to ``on_text`` as the
+model produces it, and the ``Reply`` holds the whole text at the end.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call the model asked for. ``arguments`` is the JSON text exactly as the model wrote
+    it: checking it against the tool's schema is the caller's job."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    # An assistant turn that called tools; each tool message answers one call, by its id.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What the model is told about a tool: its name, what it is for, its arguments' schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_json(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One turn of the model: text, tool calls, or both; ``usage`` when the server said."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+
+
+TextSink = Callable[[str], Awaitable[None]]
 
 # What the run's user is told (``str(exc)``, in ``run.error.message``). Short and safe: the
 # model server's URL, its answers and its errors are for operators, in the log.
@@ -40,13 +95,17 @@ class LLMTimeout(LLMError):
 
 
 class LLM(Protocol):
-    async def complete(self, messages: Sequence[ChatMessage]) -> str:
-        """The whole answer at once."""
-        ...
-
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        """The answer piece by piece, as the model produces it. Callers close it
-        (``contextlib.aclosing``) so that an abandoned answer stops at once."""
+    async def reply(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        require_tool: str | None = None,
+        on_text: TextSink | None = None,
+    ) -> Reply:
+        """The model's next turn. ``require_tool`` names a tool of ``tools`` it must call.
+        With ``on_text`` the answer streams: each piece is awaited there as it comes (a
+        cancelled call closes the model's stream at once)."""
         ...
 
     async def is_available(self) -> bool:

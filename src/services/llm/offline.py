@@ -1,25 +1,53 @@
-"""A deterministic model that needs no network: the default, and the one tests rely on.
+"""A deterministic model that needs no network: the default, and the one most tests rely on.
 
-It honours the two prompts isochat sends: a route choice ("Reply with exactly one word from this
-list: ...") and a free answer. Same input, same output, always.
+It speaks the same protocol as a remote model, tool calls included, so every offline run goes
+through the agent loop's real code path:
+
+- asked to call ``choose_route``, it calls it with the route the message fits (arithmetic to
+  ``math``, questions about the conversation to ``history``, a route whose name the message
+  says to that route, anything else to ``general``);
+- offered the ``calculator``, it calls it with the one calculation it finds in the message
+  (``src/services/llm/arithmetic.py``), then answers ``<expression> = <result>``; where it
+  finds none (or several) it says plainly that it cannot tell what to calculate;
+- offered ``conversation_history``, it calls it, then answers with what it returned;
+- offered other tools (a team's), it says it cannot use them, and how to get a model that can;
+- with no tools, it answers simply, saying what it is.
+
+A tool's error it does not try to get past: it answers nothing, so the run fails with the
+tool's reason (``tool_error``). It never answers a number it did not get from the calculator.
+Usage is counted in words, the offline model's tokens. Same input, same output, always.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 
-from src.services.llm.base import ChatMessage
+from src.services.llm.arithmetic import find_arithmetic
+from src.services.llm.base import ChatMessage, Reply, TextSink, ToolCall, ToolSpec, Usage
 
-ROUTE_CHOICE_MARKER = "Reply with exactly one word from this list:"
+ROUTE_TOOL = "choose_route"
+CALCULATOR = "calculator"
+HISTORY = "conversation_history"
+# What the history tool answers for a thread without earlier messages.
+NO_EARLIER_MESSAGES = "no earlier messages"
 
-_ARITHMETIC = re.compile(
-    r"\d\s*(\*\*|[-+*/%^x\u00d7\u00f7])\s*[-+(]*\s*\d|\b(sqrt|calculate|compute)\b", re.I
-)
+_CALCULATION_WORDS = re.compile(r"\b(sqrt|square root|calculate|compute|percent)\b", re.I)
 _ABOUT_CONVERSATION = re.compile(
     r"\b(what did i|did i (say|ask|tell)|i (said|asked|told)|my (previous|last|earlier|first) "
-    r"(message|question)|earlier|so far|our conversation|this conversation|history|remind me)\b",
+    r"(message|question)|earlier|so far|our conversation|this conversation|history|remind me|"
+    r"summari[sz]e)\b",
     re.I,
+)
+# The general answer quotes the start of the message, not all of it: a message may be
+# thousands of characters, and one "word" of them may be the whole message.
+TOPIC_WORDS = 12
+TOPIC_MAX_CHARS = 80
+NO_CALCULATION = (
+    "I can't tell what to calculate in your message. I am isochat's offline model: write "
+    'the calculation out, for example "what is (12 + 3) * 4?", "sqrt(144)" or '
+    '"15% of 80".'
 )
 
 
@@ -30,36 +58,106 @@ class OfflineLLM:
     async def is_available(self) -> bool:
         return True  # nothing to reach
 
-    async def complete(self, messages: Sequence[ChatMessage]) -> str:
-        return "".join([piece async for piece in self.stream(messages)])
+    async def reply(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        require_tool: str | None = None,
+        on_text: TextSink | None = None,
+    ) -> Reply:
+        turn = _turn(messages, tools=tools, require_tool=require_tool)
+        if on_text is not None:
+            for piece in _pieces(turn.text):
+                await on_text(piece)
+        said = turn.text + "".join(c.arguments for c in turn.tool_calls)
+        usage = Usage(sum(_words(m.content) for m in messages), _words(said))
+        return Reply(text=turn.text, tool_calls=turn.tool_calls, usage=usage)
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        system = "\n".join(m.content for m in messages if m.role == "system")
-        user = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        if ROUTE_CHOICE_MARKER in system:
-            yield _choose_route(system, user)
-            return
-        for piece in _answer(user, history=[m for m in messages[:-1] if m.role != "system"]):
-            yield piece
+
+def _turn(
+    messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec], require_tool: str | None
+) -> Reply:
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    user = messages[last_user].content if last_user >= 0 else ""
+    offered = {tool.name: tool for tool in tools}
+    if require_tool == ROUTE_TOOL and ROUTE_TOOL in offered:
+        route = choose_route(user, _route_options(offered[ROUTE_TOOL]))
+        return _call(ROUTE_TOOL, {"route": route})
+    this_run = messages[last_user + 1 :]
+    results = [m for m in this_run if m.role == "tool"]
+    if results:
+        return Reply(text=_answer_from(results, this_run))
+    if CALCULATOR in offered:
+        expression = find_arithmetic(user)
+        if expression is None:
+            return Reply(text=NO_CALCULATION)
+        return _call(CALCULATOR, {"expression": expression})
+    if HISTORY in offered:
+        return _call(HISTORY, {})
+    if offered:
+        names = ", ".join(offered)
+        return Reply(
+            text=f"I am isochat's offline model and cannot use the tools this question needs "
+            f"({names}). Set ISOCHAT_LLM_PROVIDER=openai with a model that calls tools."
+        )
+    earlier = [m for m in messages[:last_user] if m.role in ("user", "assistant")]
+    return Reply(text=_general_answer(user, earlier=len(earlier)))
 
 
-def _choose_route(system: str, user: str) -> str:
-    listed = system.split(ROUTE_CHOICE_MARKER, 1)[1].splitlines()[0]
-    options = [o.strip(" .") for o in listed.split(",") if o.strip(" .")]
-    if "math" in options and _ARITHMETIC.search(user):
+def choose_route(user: str, options: Sequence[str]) -> str:
+    if "math" in options and (find_arithmetic(user) or _CALCULATION_WORDS.search(user)):
         return "math"
     if "history" in options and _ABOUT_CONVERSATION.search(user):
         return "history"
+    words = set(re.findall(r"[a-z_]+", user.lower()))
+    named = [o for o in options if o in words and o not in ("math", "history", "general")]
+    if named:
+        return named[0]
     return "general" if "general" in options else options[-1]
 
 
-# The general answer quotes the start of the message, not all of it: a message may be
-# thousands of characters, and one "word" of them may be the whole message.
-TOPIC_WORDS = 12
-TOPIC_MAX_CHARS = 80
+def _route_options(tool: ToolSpec) -> list[str]:
+    route = tool.parameters.get("properties", {}).get("route", {})
+    return [str(option) for option in route.get("enum", [])] or ["general"]
 
 
-def _answer(user: str, *, history: Sequence[ChatMessage]) -> list[str]:
+def _answer_from(results: Sequence[ChatMessage], this_run: Sequence[ChatMessage]) -> str:
+    """The answer once the tools have answered; nothing when one failed."""
+    calls = {c.id: c for m in this_run for c in m.tool_calls}
+    lines = []
+    for result in results:
+        if _is_error(result.content):
+            return ""
+        call = calls.get(result.tool_call_id or "")
+        if call is not None and call.name == CALCULATOR:
+            lines.append(f"{json.loads(call.arguments)['expression']} = {result.content}")
+        elif result.content == NO_EARLIER_MESSAGES:
+            lines.append("This is the first thing you have asked in this conversation.")
+        else:
+            lines.append(
+                "Here is what you asked before in this conversation (I am the offline model: "
+                f"I can list it, not summarise it): {result.content}"
+            )
+    return "\n".join(lines)
+
+
+def _is_error(content: str) -> bool:
+    try:
+        parsed = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and set(parsed) == {"error"}
+
+
+def _call(name: str, arguments: dict[str, str]) -> Reply:
+    return Reply(
+        text="",
+        tool_calls=(ToolCall(id=f"call_{name}", name=name, arguments=json.dumps(arguments)),),
+    )
+
+
+def _general_answer(user: str, *, earlier: int) -> str:
     words = user.split()
     topic = " ".join(words[:TOPIC_WORDS])
     if len(topic) > TOPIC_MAX_CHARS:
@@ -72,7 +170,15 @@ def _answer(user: str, *, history: Sequence[ChatMessage]) -> list[str]:
         'ask me arithmetic ("what is 12 * 7?") or about this conversation '
         '("what did I ask before?").'
     )
-    if history:
-        text += f" This conversation has {len(history)} earlier message(s)."
-    # Word by word, like a streaming model.
-    return [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]]
+    if earlier:
+        text += f" This conversation has {earlier} earlier message(s)."
+    return text
+
+
+def _pieces(text: str) -> list[str]:
+    """Word by word, like a streaming model: each piece a word and the space after it."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def _words(text: str) -> int:
+    return len(text.split())

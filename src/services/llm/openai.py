@@ -1,15 +1,22 @@
 """Any server that speaks OpenAI's ``/chat/completions``: OpenAI, vLLM, llama.cpp, Ollama, ...
 
-One ``httpx.AsyncClient`` per application, with a bounded pool, serves every run. Every failure
-of a call (refused connection, HTTP error, garbage, no choices, too slow) becomes an ``LLMError``
-or ``LLMTimeout`` of that call alone. What the run's user sees is its short, safe message
-(``str(exc)``); what went wrong (the server's URL without credentials, the status, an excerpt
-of the answer) is in ``exc.detail`` and in one warning logged here, which carries the run's ids
-through the log context.
+Built on the official ``openai`` client (``AsyncOpenAI``): it sends the requests, retries 429s,
+5xx and lost connections with backoff (honouring ``Retry-After``), decodes the event stream and
+types the errors. isochat adds what a run needs around it:
+
+- one client per application, with a bounded pool, serves every run;
+- each call is bounded as a whole by ``timeout_s`` (retries and every wait of a stream
+  included, each wait on its own, never across the caller's code);
+- streamed tool-call deltas are assembled into whole calls (several per turn, by index);
+- a server that answers a streamed request with plain JSON is taken whole;
+- every failure becomes an ``LLMError`` or ``LLMTimeout`` of that call alone, whose ``str`` is
+  a short, safe message for the run's user; what went wrong (the URL without credentials, the
+  status, the attempts, an excerpt of the answer) is in ``detail`` and in one warning logged
+  here, which carries the run's ids through the log context.
 
 ``is_available`` answers readiness probes: ``GET {base_url}/models`` with the API key, bounded
-by ``PROBE_TIMEOUT_S``, on a connection of its own (a pool full of runs' streams must not make
-the model look down), at most one at a time, its answer kept ``PROBE_OK_TTL_S`` (or
+by ``PROBE_TIMEOUT_S``, on a client of its own (a pool full of runs' streams must not make the
+model look down), at most one at a time, its answer kept ``PROBE_OK_TTL_S`` (or
 ``PROBE_FAILED_TTL_S`` after a failure, so that a recovery shows soon).
 """
 
@@ -19,20 +26,31 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionChunk
 
-from src.services.llm.base import INVALID_REPLY, ChatMessage, LLMError, LLMTimeout
+from src.services.llm.base import (
+    INVALID_REPLY,
+    ChatMessage,
+    LLMError,
+    LLMTimeout,
+    Reply,
+    TextSink,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER_S = 10.0
 # How much of a failed answer's body an operator gets in the log.
 BODY_EXCERPT_CHARS = 200
 # Below /health/ready's own bound on a check (2 s), so that a slow server reads "unavailable"
@@ -40,6 +58,8 @@ BODY_EXCERPT_CHARS = 200
 PROBE_TIMEOUT_S = 1.5
 PROBE_OK_TTL_S = 30.0
 PROBE_FAILED_TTL_S = 5.0
+# The client needs a key; a server that wants none ignores this one.
+NO_API_KEY = "no-key"
 
 
 def api_base_url(base_url: str) -> str:
@@ -49,10 +69,6 @@ def api_base_url(base_url: str) -> str:
     if urlsplit(base).path in ("", "/"):
         base += "/v1"
     return base
-
-
-def chat_completions_url(base_url: str) -> str:
-    return api_base_url(base_url) + "/chat/completions"
 
 
 def without_credentials(url: str) -> str:
@@ -77,27 +93,31 @@ class OpenAILLM:
         timeout_s: float,
         max_retries: int,
         max_connections: int,
-        backoff_s: float = 0.25,
     ) -> None:
-        self._url = chat_completions_url(base_url)
-        self._models_url = api_base_url(base_url) + "/models"
-        self._shown_url = without_credentials(self._url)
+        base = api_base_url(base_url)
+        self._shown_url = without_credentials(base + "/chat/completions")
+        self._models_url = without_credentials(base + "/models")
         self._model = model
         self._timeout_s = timeout_s
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+        self._client = openai.AsyncOpenAI(
+            base_url=base,
+            api_key=api_key or NO_API_KEY,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                )
             ),
         )
-        self._probe_client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(PROBE_TIMEOUT_S),
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        self._probe_client = openai.AsyncOpenAI(
+            base_url=base,
+            api_key=api_key or NO_API_KEY,
+            timeout=PROBE_TIMEOUT_S,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+            ),
         )
         # The last probe's answer and until when (event-loop time) it holds; the probe in
         # flight, which every readiness request arriving meanwhile waits for.
@@ -109,8 +129,8 @@ class OpenAILLM:
             self._probing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probing
-        await self._probe_client.aclose()
-        await self._client.aclose()
+        await self._probe_client.close()
+        await self._client.close()
 
     async def is_available(self) -> bool:
         now = asyncio.get_running_loop().time()
@@ -126,20 +146,14 @@ class OpenAILLM:
         try:
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    response = await self._probe_client.get(self._models_url)
-            except Exception as exc:  # whatever stops the probe (refused, timeout, bad URL)
-                ok, why = False, f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    await self._probe_client.models.list()
+            except Exception as exc:  # whatever stops the probe (refused, timeout, 4xx, 5xx)
+                ok, why = False, _reason(exc)
             else:
-                # Anything but success means runs would fail too: a wrong path (404), a wrong
-                # key (401), a server in trouble (5xx).
-                ok, why = response.is_success, f"answered {response.status_code}"
+                ok, why = True, "answered"
             was = self._probed[0] if self._probed is not None else True
             if not ok and was:
-                log.warning(
-                    "the model server is unavailable: GET %s %s",
-                    without_credentials(self._models_url),
-                    why,
-                )
+                log.warning("the model server is unavailable: GET %s %s", self._models_url, why)
             elif ok and not was:
                 log.info("the model server is available again")
             ttl_s = PROBE_OK_TTL_S if ok else PROBE_FAILED_TTL_S
@@ -148,52 +162,75 @@ class OpenAILLM:
         finally:
             self._probing = None
 
-    async def complete(self, messages: Sequence[ChatMessage]) -> str:
+    async def reply(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        require_tool: str | None = None,
+        on_text: TextSink | None = None,
+    ) -> Reply:
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        params: dict[str, Any] = {
+            "model": self._model,
+            "messages": [_wire_message(m) for m in messages],
+        }
+        if tools:
+            params["tools"] = [_wire_tool(t) for t in tools]
+        if require_tool is not None:
+            params["tool_choice"] = {"type": "function", "function": {"name": require_tool}}
         try:
-            deadline = asyncio.get_running_loop().time() + self._timeout_s
-            response = await self._open(messages, stream=False, deadline=deadline)
-            try:
-                body = await self._within(deadline, response.aread())
-            except httpx.HTTPError as exc:
-                raise LLMError(detail=f"reading the answer failed: {exc!r}") from None
-            finally:
-                await response.aclose()
-            return _text_of(_json(body))
+            if on_text is None:
+                return await self._within(deadline, self._complete(params))
+            return await self._stream(params, deadline=deadline, on_text=on_text)
         except LLMError as exc:
             self._report(exc)
             raise
+        except openai.APITimeoutError:
+            error: LLMError = LLMTimeout(detail=f"no answer within {self._timeout_s:g} s")
+        except openai.APIStatusError as exc:
+            error = LLMError(detail=_status_detail(exc))
+        except openai.APIConnectionError as exc:
+            error = LLMError(detail=f"could not connect: {_reason(exc)}")
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            error = LLMError(detail=f"the call failed: {_reason(exc)}")
+        except json.JSONDecodeError as exc:  # a streamed chunk that is not JSON
+            error = LLMError(INVALID_REPLY, detail=f"a streamed chunk is not valid JSON: {exc}")
+        self._report(error)
+        raise error from None
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        """The answer piece by piece. Close it (``contextlib.aclosing``) to stop at once: that
-        closes the HTTP response, so the server stops generating for a cancelled run."""
-        try:
-            deadline = asyncio.get_running_loop().time() + self._timeout_s
-            response = await self._open(messages, stream=True, deadline=deadline)
-            try:
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    # The server does not stream: one answer, all at once.
-                    yield _text_of(_json(await self._within(deadline, response.aread())))
-                    return
-                produced = False
-                lines = response.aiter_lines()
-                while (line := await self._within(deadline, anext(lines, None))) is not None:
-                    piece = _piece_of(line)
-                    if piece is _DONE:
-                        break
-                    if piece:
-                        produced = True
-                        yield str(piece)
-                if not produced:
-                    raise LLMError(INVALID_REPLY, detail="the streamed answer has no text")
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            error = LLMError(detail=f"the stream broke off: {exc!r}")
-            self._report(error)
-            raise error from None
-        except LLMError as exc:
-            self._report(exc)
-            raise
+    async def _complete(self, params: dict[str, Any]) -> Reply:
+        raw = await self._client.chat.completions.with_raw_response.create(**params, stream=False)
+        return _reply_of(_json(raw.http_response.content))
+
+    async def _stream(self, params: dict[str, Any], *, deadline: float, on_text: TextSink) -> Reply:
+        """The answer piece by piece into ``on_text``. Leaving (cancelled, failed, or the
+        caller's ``on_text`` raised) closes the HTTP response, so the server stops generating
+        for a run that no longer wants the answer."""
+        async with contextlib.AsyncExitStack() as stack:
+            # Sending (with the client's retries) is bounded like every other wait.
+            response = await self._within(
+                deadline,
+                stack.enter_async_context(
+                    self._client.chat.completions.with_streaming_response.create(
+                        **params, stream=True, stream_options={"include_usage": True}
+                    )
+                ),
+            )
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                # The server does not stream: one answer, all at once.
+                reply = _reply_of(_json(await self._within(deadline, response.read())))
+                if reply.text:
+                    await on_text(reply.text)
+                return reply
+            turn = _Turn()
+            chunks = (await response.parse()).__aiter__()
+            while (chunk := await self._within(deadline, anext(chunks, None))) is not None:
+                piece = turn.add(chunk)
+                if piece:
+                    await on_text(piece)
+            return turn.reply()
+        raise AssertionError("unreachable: the exit stack does not swallow exceptions")
 
     def _report(self, exc: LLMError) -> None:
         """The one line an operator gets about a failed call (the run's user gets
@@ -201,56 +238,9 @@ class OpenAILLM:
         code = "timeout" if isinstance(exc, LLMTimeout) else "llm_error"
         log.warning("model call to %s failed (%s): %s", self._shown_url, code, exc.detail or exc)
 
-    async def _open(
-        self, messages: Sequence[ChatMessage], *, stream: bool, deadline: float
-    ) -> httpx.Response:
-        """Send the request; retry 429 and 5xx with backoff while time remains. The response
-        returned is 200 and still open."""
-        body = {
-            "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "stream": stream,
-        }
-        attempt = 0
-        while True:
-            attempt += 1
-            request = self._client.build_request("POST", self._url, json=body)
-            try:
-                response = await self._within(deadline, self._client.send(request, stream=True))
-            except httpx.ConnectError as exc:
-                raise LLMError(detail=f"could not connect: {exc}") from None
-            except httpx.TimeoutException as exc:
-                reason = f"no answer within {self._timeout_s:g} s ({type(exc).__name__})"
-                raise LLMTimeout(detail=reason) from None
-            except httpx.HTTPError as exc:
-                raise LLMError(detail=f"the request failed: {exc!r}") from None
-            if response.status_code == 200:
-                return response
-            excerpt = await self._error_detail(response, deadline)
-            if response.status_code not in RETRIED_STATUSES or attempt > self._max_retries:
-                tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise LLMError(detail=f"answered {response.status_code}{tries}: {excerpt}")
-            pause = _retry_after(response) or self._backoff_s * 2 ** (attempt - 1)
-            remaining = deadline - asyncio.get_running_loop().time()
-            if pause >= remaining:
-                raise LLMTimeout(
-                    detail=f"answered {response.status_code} ({excerpt}); no time left to retry "
-                    f"within {self._timeout_s:g} s"
-                )
-            await asyncio.sleep(pause)
-
-    async def _error_detail(self, response: httpx.Response, deadline: float) -> str:
-        try:
-            text = (await self._within(deadline, response.aread())).decode(errors="replace")
-        except (httpx.HTTPError, LLMError):
-            text = ""
-        finally:
-            await response.aclose()
-        return " ".join(text.split())[:BODY_EXCERPT_CHARS] or response.reason_phrase
-
     async def _within(self, deadline: float, awaitable: Awaitable[T]) -> T:
         """``awaitable``, bounded by this call's deadline. Each network wait is bounded on its
-        own, never across a ``yield``: a timeout must not fire inside the caller's code."""
+        own, never across the caller's code: a timeout must not fire inside ``on_text``."""
         try:
             async with asyncio.timeout_at(deadline):
                 return await awaitable
@@ -258,7 +248,69 @@ class OpenAILLM:
             raise LLMTimeout(detail=f"no answer within {self._timeout_s:g} s") from None
 
 
-_DONE = object()
+@dataclass
+class _Turn:
+    """A streamed turn, assembled chunk by chunk: the text, and each tool call from its
+    deltas (its id and name come first, its arguments in pieces, by the call's index)."""
+
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
+    usage: Usage | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> str:
+        """Take one chunk; the text it adds, if any."""
+        if chunk.usage is not None:
+            self.usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        if not chunk.choices:
+            return ""  # e.g. the closing usage chunk
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or ():
+            parts = self.calls.setdefault(call.index, ["", "", ""])
+            parts[0] = call.id or parts[0]
+            if call.function is not None:
+                parts[1] += call.function.name or ""
+                parts[2] += call.function.arguments or ""
+        piece = delta.content or ""
+        if piece:
+            self.text.append(piece)
+        return piece
+
+    def reply(self) -> Reply:
+        calls = tuple(
+            ToolCall(id=call_id or f"call_{index}", name=name, arguments=arguments)
+            for index, (call_id, name, arguments) in sorted(self.calls.items())
+        )
+        text = "".join(self.text)
+        if not text and not calls:
+            raise LLMError(INVALID_REPLY, detail="the streamed answer has no text and no call")
+        return Reply(text=text, tool_calls=calls, usage=self.usage)
+
+
+def _wire_message(message: ChatMessage) -> dict[str, Any]:
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def _wire_tool(tool: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        },
+    }
 
 
 def _json(body: bytes) -> Any:
@@ -269,43 +321,62 @@ def _json(body: bytes) -> Any:
         raise LLMError(INVALID_REPLY, detail=f"the answer is not valid JSON: {excerpt!r}") from None
 
 
-def _text_of(data: Any) -> str:
-    try:
-        choices = data["choices"]
-    except (TypeError, KeyError):
-        raise LLMError(INVALID_REPLY, detail="the answer has no 'choices'") from None
-    if not isinstance(choices, list) or not choices:
-        raise LLMError(INVALID_REPLY, detail="the answer has no choices")
-    try:
-        text = choices[0]["message"]["content"]
-    except (TypeError, KeyError):
-        raise LLMError(INVALID_REPLY, detail="the first choice has no message content") from None
-    if not isinstance(text, str) or not text.strip():
-        raise LLMError(INVALID_REPLY, detail="the answer has no text")
-    return text
-
-
-def _piece_of(line: str) -> object:
-    """The text in one server-sent-events line: a str, None for nothing, or ``_DONE``."""
-    if not line.startswith("data:"):
-        return None  # blank separators, comments, `event:` lines
-    payload = line[5:].strip()
-    if payload == "[DONE]":
-        return _DONE
-    data = _json(payload.encode())
+def _reply_of(data: Any) -> Reply:
+    """A whole (not streamed) answer's turn, read leniently: servers differ in what else they
+    send, and only the first choice's message matters."""
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list):
-        raise LLMError(INVALID_REPLY, detail="a streamed chunk has no 'choices'")
+        raise LLMError(INVALID_REPLY, detail="the answer has no 'choices'")
     if not choices:
-        return None  # e.g. a closing usage chunk
-    delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) else None
+        raise LLMError(INVALID_REPLY, detail="the answer has no choices")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        raise LLMError(INVALID_REPLY, detail="the first choice has no message")
+    text = message.get("content") or ""
+    calls = tuple(_call_of(i, c) for i, c in enumerate(message.get("tool_calls") or ()))
+    if not isinstance(text, str) or (not text.strip() and not calls):
+        raise LLMError(INVALID_REPLY, detail="the answer has no text and no call")
+    usage = data.get("usage")
+    return Reply(
+        text=text,
+        tool_calls=calls,
+        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        if isinstance(usage, dict)
+        else None,
+    )
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
+def _call_of(index: int, call: Any) -> ToolCall:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise LLMError(INVALID_REPLY, detail="a tool call has no function name")
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {})
+    return ToolCall(
+        id=str(call.get("id") or f"call_{index}"), name=function["name"], arguments=arguments
+    )
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    """``answered 500 after 3 attempts: <excerpt of the body>``."""
+    retries = exc.response.request.headers.get("x-stainless-retry-count", "0")
+    attempts = int(retries) + 1 if retries.isdigit() else 1
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        return None
+        body = exc.response.text
+    except httpx2.ResponseNotRead:
+        body = ""
+    excerpt = " ".join(body.split())[:BODY_EXCERPT_CHARS] or exc.response.reason_phrase
+    return f"answered {exc.status_code}{tries}: {excerpt}"
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` in a few words, with the underlying network error where there is one."""
+    cause = exc.__cause__ or exc.__context__
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, openai.APIStatusError):
+        return f"answered {exc.status_code}"
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text

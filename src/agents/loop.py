@@ -1,0 +1,210 @@
+"""The agent loop: a specialist answers by letting the model call its tools.
+
+    ask the model (the tools' schemas, the conversation so far)
+      -> it answers: that is the answer (streamed live as ``agent_thinking``)
+      -> it calls tools: each call runs (``tool_executing`` / ``tool_completed``), calls of one
+         turn side by side where the tools allow it, and the results go back as ``tool``
+         messages; ask again
+
+A tool that fails (refuses its input, raises, is given arguments that do not fit its schema,
+or does not exist) gives the model an error result, and the model may correct itself. The run
+fails with ``tool_error`` when the model cannot get past the failure: it answers nothing after
+it, repeats the very call that failed, or its tools have failed ``MAX_FAILING_TURNS`` turns in
+a row. A model that is still calling tools after ``MAX_STEPS`` calls fails the run with
+``step_limit``. Everything here runs in the run's task, so the run's deadline and a cancel
+reach every model call and every tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from src.agents.base import MAX_EVENT_TEXT_CHARS, Agent, AgentError, AgentTracker, RunEvents
+from src.agents.thinking import AnswerFull, AnswerStream
+from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, Tool, ToolError, truncate
+from src.agents.tools import ConversationHistory
+from src.logs import log_failure
+from src.services.domain import Message
+from src.services.llm import LLM, ChatMessage, ToolCall
+from src.services.usage import RunUsage
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 8
+MAX_FAILING_TURNS = 3
+# Each earlier message the model is given as context is cut to this.
+CONTEXT_MESSAGE_CHARS = 2_000
+
+
+class StepLimitReached(Exception):
+    """The model kept calling tools past ``MAX_STEPS``: ``step_limit``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    call: ToolCall
+    output: str
+    error: str | None = None  # why the call failed, told to the model
+
+    def as_message(self) -> ChatMessage:
+        content = self.output if self.error is None else json.dumps({"error": self.error})
+        return ChatMessage("tool", content, tool_call_id=self.call.id)
+
+
+class ToolAgent(Agent):
+    """A specialist: instructions, tools, and the loop above. isochat's own specialists are
+    this class with other instructions and tools (``src/agents/specialists.py``); a team's can
+    be too, declared in its own container, without a class of its own."""
+
+    # What the specialist is for: what triage is told about its route.
+    description: str = ""
+    instructions: str = "You are isochat, a helpful assistant."
+    # How many of the thread's earlier messages the model is given (0: none, no read).
+    context_messages: int = 0
+
+    def __init__(
+        self,
+        *,
+        events: RunEvents,
+        tracker: AgentTracker,
+        llm: LLM,
+        usage: RunUsage,
+        tools: Sequence[Tool[Any]] = (),
+        history: ConversationHistory | None = None,
+        name: str | None = None,
+        instructions: str | None = None,
+        context_messages: int | None = None,
+        max_steps: int = MAX_STEPS,
+    ) -> None:
+        super().__init__(events=events, tracker=tracker)
+        if name is not None:
+            self.name = name
+        if instructions is not None:
+            self.instructions = instructions
+        if context_messages is not None:
+            self.context_messages = context_messages
+        self._llm = llm
+        self._usage = usage
+        self._tools = {tool.name: tool for tool in tools}
+        self._history = history
+        self._max_steps = max_steps
+
+    async def answer(self, content: str) -> str:
+        messages = [ChatMessage("system", self.instructions)]
+        messages += await self._context()
+        messages.append(ChatMessage("user", content))
+        specs = [tool.spec() for tool in self._tools.values()]
+        answer = AnswerStream(events=self._events, agent=self.name)
+        failed_calls: set[tuple[str, str]] = set()
+        failing_turns = 0
+        last_failure: str | None = None
+        for _ in range(self._max_steps):
+            answer.new_turn()
+            try:
+                reply = await self._llm.reply(messages, tools=specs, on_text=answer.add)
+            except AnswerFull:
+                return answer.text
+            self._usage.add(reply.usage)
+            if not reply.tool_calls:
+                await answer.flush()
+                if answer.text.strip():
+                    return answer.text
+                if last_failure is not None:
+                    raise ToolError(last_failure)  # nothing to say after the failure
+                raise AgentError("the model gave an empty answer")
+            repeated = [c for c in reply.tool_calls if (c.name, c.arguments) in failed_calls]
+            if repeated and last_failure is not None:
+                raise ToolError(last_failure)  # the same failing call again: no way past it
+            await answer.flush()
+            messages.append(ChatMessage("assistant", reply.text, tool_calls=reply.tool_calls))
+            outcomes = await self._call_tools(reply.tool_calls)
+            messages += [outcome.as_message() for outcome in outcomes]
+            failures = [o for o in outcomes if o.error is not None]
+            failed_calls |= {(o.call.name, o.call.arguments) for o in failures}
+            failing_turns = failing_turns + 1 if failures else 0
+            last_failure = failures[-1].error if failures else None
+            if last_failure is not None and failing_turns >= MAX_FAILING_TURNS:
+                raise ToolError(last_failure)
+        raise StepLimitReached(
+            f"the {self.name} agent was still calling tools after {self._max_steps} model calls"
+        )
+
+    async def _context(self) -> list[ChatMessage]:
+        if self._history is None or self.context_messages <= 0:
+            return []
+        earlier = (await self._history.earlier())[-self.context_messages :]
+        return [_as_chat(m) for m in earlier]
+
+    async def _call_tools(self, calls: Sequence[ToolCall]) -> list[ToolOutcome]:
+        """Run one turn's calls, each reported as it starts and as it ends; side by side when
+        every tool called allows it. Outcomes are in the order of the calls."""
+        for call in calls:
+            await self._events.emit(
+                "tool_executing",
+                agent=self.name,
+                data={
+                    "tool": call.name,
+                    "input": truncate(call.arguments, MAX_EVENT_TEXT_CHARS),
+                    "call_id": call.id,
+                },
+            )
+        concurrent = len(calls) > 1 and all(
+            self._tools[c.name].concurrent for c in calls if c.name in self._tools
+        )
+        if not concurrent:
+            return [await self._completed(await self._call(call)) for call in calls]
+        outcomes: dict[int, ToolOutcome] = {}
+        finished: asyncio.Queue[tuple[int, ToolOutcome]] = asyncio.Queue()
+
+        async def call_into_queue(index: int, call: ToolCall) -> None:
+            finished.put_nowait((index, await self._call(call)))
+
+        # A cancel or the deadline cancels every call still running with the run.
+        async with asyncio.TaskGroup() as group:
+            for index, call in enumerate(calls):
+                group.create_task(call_into_queue(index, call))
+            for _ in calls:  # reported in the order they end
+                index, outcome = await finished.get()
+                outcomes[index] = await self._completed(outcome)
+        return [outcomes[index] for index in range(len(calls))]
+
+    async def _call(self, call: ToolCall) -> ToolOutcome:
+        tool = self._tools.get(call.name)
+        if tool is None:
+            known = ", ".join(self._tools) or "none"
+            return ToolOutcome(call, "", f"there is no tool named {call.name!r} (tools: {known})")
+        try:
+            output = await tool.run(tool.parse(call.arguments))
+        except ToolError as exc:
+            return ToolOutcome(call, "", str(exc) or f"the {tool.name} tool refused the call")
+        except Exception as exc:
+            # A bug in the tool: the details go to the log, not to the model or the user.
+            log_failure(log, "tool %s raised", tool.name, exc=exc)
+            return ToolOutcome(call, "", f"the {tool.name} tool failed")
+        return ToolOutcome(call, truncate(output, MAX_TOOL_OUTPUT_CHARS))
+
+    async def _completed(self, outcome: ToolOutcome) -> ToolOutcome:
+        shown = outcome.output if outcome.error is None else f"error: {outcome.error}"
+        await self._events.emit(
+            "tool_completed",
+            agent=self.name,
+            data={
+                "tool": outcome.call.name,
+                "output": truncate(shown, MAX_EVENT_TEXT_CHARS),
+                "call_id": outcome.call.id,
+                "ok": outcome.error is None,
+            },
+        )
+        return outcome
+
+
+def _as_chat(message: Message) -> ChatMessage:
+    return ChatMessage(
+        "assistant" if message.role == "assistant" else "user",
+        truncate(message.content, CONTEXT_MESSAGE_CHARS),
+    )
