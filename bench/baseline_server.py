@@ -11,15 +11,17 @@ isochat's run ledger (``src/services/ledger.py``) does, on the same tables, in W
 2. one transaction per event: the run's ``last_seq`` is taken (an ``UPDATE ... RETURNING`` that
    also checks the run is still running, and renews its lease) and the event is stored; then the
    event is sent to the client;
-3. one final transaction: the run ``completed``, the assistant message and ``run_completed``.
+3. one final transaction: the run ``completed`` with the tokens its model calls used, the
+   assistant message and ``run_completed``.
 
 Whatever isochat does beyond that (request scopes, agents, broker, rate limits, lease renewal)
 is what the benchmark charges to it. The database access is aiosqlite's, statement by statement:
 each ``await`` on the connection is one trip to its thread.
 
-Every message gets the answer isochat gives to the benchmark's workload ``what is (12 + 3) * 4?``:
-the same event types, agents and data, hence frames of the same sizes (``throughput.py`` checks
-that against the real server before it measures anything).
+Every message gets the answer isochat (offline model) gives to the benchmark's workload ``what is
+(12 + 3) * 4?``: the same 9 events, with the same types, agents and data (the calculator's call
+and result, the answer streamed as one ``agent_thinking``, the run's usage), hence frames of the
+same sizes (``throughput.py`` checks that against the real server before it measures anything).
 
 The protocol subset ``throughput.py`` uses, with the shapes of ``docs/api.md``:
 ``POST /api/auth/dev-login`` (the token is the user id: any token is accepted), ``POST
@@ -78,6 +80,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR(16) NOT NULL, route VARCHAR(64), error_code VARCHAR(64), error_message TEXT,
     request_id VARCHAR(200), created_at DATETIME NOT NULL, finished_at DATETIME,
     owner_id VARCHAR(200), lease_expires_at DATETIME, last_seq INTEGER DEFAULT 0 NOT NULL,
+    prompt_tokens INTEGER, completion_tokens INTEGER,
     CONSTRAINT pk_runs PRIMARY KEY (id),
     CONSTRAINT fk_runs_thread_id_threads FOREIGN KEY(thread_id)
         REFERENCES threads (id) ON DELETE CASCADE
@@ -94,18 +97,36 @@ CREATE TABLE IF NOT EXISTS run_events (
 """
 
 # isochat's events for the workload, after run_started (seq 1) and before run_completed: triage
-# routes to math, whose calculator call answers. ``route`` is stored with the event after
-# triage's choice, as isochat's emitter stores it with the run's next write.
+# routes to math (a choose_route call), whose model calls the calculator, then answers (streamed
+# as one agent_thinking: the answer has no sentence end to send it in pieces at). ``route`` is
+# stored with the event after triage's choice (the math agent's start), as isochat's emitter
+# stores it with the run's next write.
 ROUTE = "math"
-ANSWER = "(12 + 3) * 4 = 60"
+ROUTE_STORED_WITH = ("agent_started", "math")
+EXPRESSION = "(12 + 3) * 4"
+RESULT = "60"
+ANSWER = f"{EXPRESSION} = {RESULT}"
+CALL_ID = "call_calculator"  # the offline model's id for its calculator call
 SCRIPT: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("agent_started", "triage", {}),
     ("agent_completed", "triage", {"result": ROUTE}),
     ("agent_started", "math", {}),
-    ("tool_executing", "math", {"tool": "calculator", "input": "(12 + 3) * 4"}),
-    ("tool_completed", "math", {"tool": "calculator", "output": "60"}),
+    (
+        "tool_executing",
+        "math",
+        {"tool": "calculator", "input": json.dumps({"expression": EXPRESSION}), "call_id": CALL_ID},
+    ),
+    (
+        "tool_completed",
+        "math",
+        {"tool": "calculator", "output": RESULT, "call_id": CALL_ID, "ok": True},
+    ),
+    ("agent_thinking", "math", {"text": ANSWER}),
     ("agent_completed", "math", {"result": ANSWER}),
 )
+# What the run's three model calls (triage, then math twice) cost: the offline model counts
+# words. Stored with the run's end and sent in run_completed and the run's JSON.
+USAGE = {"prompt_tokens": 113, "completion_tokens": 15}
 
 Json = dict[str, Any]
 Send = Callable[[Json], Awaitable[None]]
@@ -269,14 +290,15 @@ async def finish(store: Store, ids: RunIds) -> tuple[Json, Json, datetime]:
     message = message_json(
         message_id=str(uuid.uuid4()), ids=ids, role="assistant", content=ANSWER, ts=created
     )
-    data = {"message": message}
+    data = {"message": message, "usage": USAGE}
     ts = now()
     async with store.transaction() as conn:
         seq = await store.one(
             "UPDATE runs SET status = 'completed', error_code = NULL, error_message = NULL, "
-            "finished_at = ?, lease_expires_at = NULL, last_seq = last_seq + 1 "
+            "finished_at = ?, lease_expires_at = NULL, last_seq = last_seq + 1, "
+            "prompt_tokens = ?, completion_tokens = ? "
             "WHERE id = ? AND status = 'running' RETURNING last_seq",
-            (stored(ts), ids.run_id),
+            (stored(ts), USAGE["prompt_tokens"], USAGE["completion_tokens"], ids.run_id),
         )
         if seq is None:
             raise RuntimeError(f"run {ids.run_id} has already ended")
@@ -302,7 +324,7 @@ async def run_chat(store: Store, ids: RunIds, content: str, send: Send) -> Json:
     )
     await send(first)
     for type_, agent, data in SCRIPT:
-        route = ROUTE if (type_, agent) == ("agent_completed", "triage") else None
+        route = ROUTE if (type_, agent) == ROUTE_STORED_WITH else None
         await send(await append(store, ids, type_=type_, agent=agent, data=data, route=route))
     final, message, finished = await finish(store, ids)
     await send(final)
@@ -312,6 +334,7 @@ async def run_chat(store: Store, ids: RunIds, content: str, send: Send) -> Json:
         "status": "completed",
         "route": ROUTE,
         "error": None,
+        "usage": USAGE,
         "created_at": iso(created),
         "finished_at": iso(finished),
     }

@@ -3,16 +3,21 @@
 Three ways of doing the same work, measured in the same run:
 
 - ``isochat``: ``async with request_scope(container):``, set the run context, then call every
-  request provider of ``container.request`` (session, emitter, calculator, conversation, triage,
-  math_agent, history_agent, general_agent, supervisor, agents_for, chat);
+  request provider of ``container.request`` (session, usage, emitter, calculator, conversation,
+  math_agent, history_agent, general_agent, routes, triage, supervisor, agents_for, chat);
 - ``dishka``: an equivalent dishka container (APP scope: the same app objects; REQUEST scope:
-  run context, session, emitter, agents, supervisor, chat), ``await req.get(X)`` for each type;
+  run context, session, run usage, emitter, tools, agents, routes, supervisor, chat),
+  ``await req.get(X)`` for each type;
 - ``manual``: the same objects built with plain constructor calls, no DI at all.
 
-All three open and close a real ``AsyncSession`` and build the same number of objects (agents
-are new at every resolution, session/emitter/chat once per scope), so the differences are the
-cost of the DI machinery. Every iteration is timed on its own; the medians over interleaved
-rounds are reported.
+All three open and close a real ``AsyncSession`` and build the same objects: session, run usage,
+emitter and chat once per scope; tools, agents (each specialist with its own tools list),
+supervisors and the routes dict new at every resolution. (isochat's three ``Route`` objects are
+singletons whose agent is a provider; by hand and in dishka a route's agent is bound to the
+request, so those three are built once per request.) Before measuring, one iteration of each is
+checked to build the same graph (types, tools, routes, agent count). The differences are the cost
+of the DI machinery. Every iteration is timed on its own; the medians over interleaved rounds are
+reported.
 
 Reading the result: ``isochat/dishka`` below 1.00 means isochat's scope is cheaper than dishka's
 for the same graph; ``manual`` is the floor (constructors + opening/closing the session) that
@@ -28,20 +33,28 @@ import asyncio
 import gc
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dependency_injector.providers import Dependency
 from dishka import AsyncContainer, Provider, Scope, from_context, make_async_container, provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.base import Agent
 from src.agents.context import RunContext
+from src.agents.loop import ToolAgent
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
-from src.agents.triage import TriageAgent
-from src.container import AppContainer, build_container, request_scope
+from src.agents.triage import Route, TriageAgent
+from src.container import (
+    AppContainer,
+    RequestContainer,
+    RunAgents,
+    build_container,
+    request_scope,
+)
 from src.scoping import ScopeValue, current_scope
 from src.services.broker import EventBroker
 from src.services.chat import ChatService
@@ -51,19 +64,24 @@ from src.services.leases import Lease
 from src.services.llm import LLM
 from src.services.metrics import Metrics
 from src.services.runs import RunRegistry
+from src.services.usage import RunUsage
 from src.settings import Settings
 
 SETTINGS = Settings(_env_file=None)
 
+# Every provider of isochat's RequestContainer that builds something (checked against the
+# container before measuring), in its order.
 REQUEST_PROVIDERS = (
     "session",
+    "usage",
     "emitter",
     "calculator",
     "conversation",
-    "triage",
     "math_agent",
     "history_agent",
     "general_agent",
+    "routes",
+    "triage",
     "supervisor",
     "agents_for",
     "chat",
@@ -71,7 +89,11 @@ REQUEST_PROVIDERS = (
 APPROACHES = ("isochat", "dishka", "manual")
 RUN_CONTEXT = RunContext(run_id="run-1", thread_id="thread-1", user_id="user-1", request_id="r-1")
 
+Routes = Mapping[str, Route]
 Iteration = Callable[[], Awaitable[None]]
+# Where an iteration leaves what it resolved, for the check that all three build the same graph
+# (None while measuring: the objects are dropped with the scope).
+Sink = list[Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,27 +124,64 @@ class AppObjects:
 # --- the object graph, written out by hand (used by the manual baseline and by dishka) ---------
 
 
-@dataclass(frozen=True, slots=True)
 class RequestObjects:
-    """What every agent of one request is built from."""
+    """What every agent of one request is built from, and how each is built."""
 
-    app: AppObjects
-    context: RunContext
-    session: AsyncSession
-    emitter: EventEmitter
+    __slots__ = ("_routes", "app", "context", "emitter", "session", "usage")
 
-    def triage(self) -> TriageAgent:
-        return TriageAgent(events=self.emitter, tracker=self.app.metrics, llm=self.app.llm)
+    def __init__(
+        self,
+        app: AppObjects,
+        context: RunContext,
+        session: AsyncSession,
+        usage: RunUsage,
+        emitter: EventEmitter,
+    ) -> None:
+        self.app = app
+        self.context = context
+        self.session = session
+        self.usage = usage
+        self.emitter = emitter
+        # Bound to this request's agents, so built once per request (isochat's Route objects
+        # are app-wide singletons holding providers, which build in the current scope).
+        self._routes = {
+            "math": Route(description=MathAgent.description, agent=self.math_agent),
+            "history": Route(description=HistoryAgent.description, agent=self.history_agent),
+            "general": Route(description=GeneralAgent.description, agent=self.general_agent),
+        }
+
+    def routes(self) -> dict[str, Route]:
+        # A new dict at every call, as isochat's ``providers.Dict`` builds one.
+        return dict(self._routes)
 
     def conversation(self) -> ConversationHistory:
         return ConversationHistory(session=self.session, context=self.context)
 
+    def triage(self) -> TriageAgent:
+        return TriageAgent(
+            events=self.emitter,
+            tracker=self.app.metrics,
+            llm=self.app.llm,
+            usage=self.usage,
+            routes=self.routes(),
+        )
+
     def math_agent(self) -> MathAgent:
-        return MathAgent(events=self.emitter, tracker=self.app.metrics, calculator=Calculator())
+        return MathAgent(
+            events=self.emitter,
+            tracker=self.app.metrics,
+            llm=self.app.llm,
+            usage=self.usage,
+            tools=[Calculator()],
+        )
 
     def history_agent(self) -> HistoryAgent:
         return HistoryAgent(
-            events=self.emitter, tracker=self.app.metrics, history=self.conversation()
+            events=self.emitter,
+            tracker=self.app.metrics,
+            llm=self.app.llm,
+            usage=self.usage,
+            tools=[self.conversation()],
         )
 
     def general_agent(self) -> GeneralAgent:
@@ -130,20 +189,16 @@ class RequestObjects:
             events=self.emitter,
             tracker=self.app.metrics,
             llm=self.app.llm,
+            usage=self.usage,
             history=self.conversation(),
         )
 
-    def supervisor(self, triage: Agent | None = None) -> Supervisor:
-        specialists: dict[str, Callable[[], Agent]] = {
-            "math": self.math_agent,
-            "history": self.history_agent,
-            "general": self.general_agent,
-        }
+    def supervisor(self, triage: Agent | None = None, routes: Routes | None = None) -> Supervisor:
         return Supervisor(
             context=self.context,
             emitter=self.emitter,
             triage=triage if triage is not None else self.triage(),
-            specialists=specialists,
+            routes=routes if routes is not None else self.routes(),
             run_timeout_s=self.app.settings.run_timeout_s,
             metrics=self.app.metrics,
         )
@@ -183,7 +238,7 @@ def chat_service(objects: RequestObjects) -> ChatService:
 # --- 1. isochat ---------------------------------------------------------------------------------
 
 
-def isochat_iteration(container: AppContainer) -> Iteration:
+def isochat_iteration(container: AppContainer, sink: Sink = None) -> Iteration:
     request = container.request
     run_context = request.run_context
     assert isinstance(run_context, ScopeValue)
@@ -193,6 +248,8 @@ def isochat_iteration(container: AppContainer) -> Iteration:
         async with request_scope(container):
             current_scope().set(run_context, RUN_CONTEXT)
             resolved = [provider() for provider in providers]
+        if sink is not None:
+            sink.extend(resolved)
         del resolved
 
     return iteration
@@ -223,17 +280,33 @@ class BenchProvider(Provider):
             await database.close_session(session)
 
     @provide(scope=Scope.REQUEST)
+    def usage(self, metrics: Metrics) -> RunUsage:
+        return RunUsage(counter=metrics)
+
+    @provide(scope=Scope.REQUEST)
     def emitter(
-        self, context: RunContext, database: Database, broker: EventBroker, lease: Lease
+        self,
+        context: RunContext,
+        database: Database,
+        broker: EventBroker,
+        lease: Lease,
+        usage: RunUsage,
     ) -> EventEmitter:
-        return EventEmitter(context=context, database=database, broker=broker, lease=lease)
+        return EventEmitter(
+            context=context, database=database, broker=broker, lease=lease, usage=usage
+        )
 
     @provide(scope=Scope.REQUEST)
     def objects(
-        self, app: AppObjects, context: RunContext, session: AsyncSession, emitter: EventEmitter
+        self,
+        app: AppObjects,
+        context: RunContext,
+        session: AsyncSession,
+        usage: RunUsage,
+        emitter: EventEmitter,
     ) -> RequestObjects:
-        # What the supervisor's specialist factories and agents_for build from.
-        return RequestObjects(app=app, context=context, session=session, emitter=emitter)
+        # What the routes' agent factories and agents_for build from.
+        return RequestObjects(app, context, session, usage, emitter)
 
     @provide(scope=Scope.REQUEST, cache=False)
     def calculator(self) -> Calculator:
@@ -244,31 +317,54 @@ class BenchProvider(Provider):
         return ConversationHistory(session=session, context=context)
 
     @provide(scope=Scope.REQUEST, cache=False)
-    def triage(self, emitter: EventEmitter, metrics: Metrics, llm: LLM) -> TriageAgent:
-        return TriageAgent(events=emitter, tracker=metrics, llm=llm)
-
-    @provide(scope=Scope.REQUEST, cache=False)
     def math_agent(
-        self, emitter: EventEmitter, metrics: Metrics, calculator: Calculator
+        self,
+        emitter: EventEmitter,
+        metrics: Metrics,
+        llm: LLM,
+        usage: RunUsage,
+        calculator: Calculator,
     ) -> MathAgent:
-        return MathAgent(events=emitter, tracker=metrics, calculator=calculator)
+        return MathAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, tools=[calculator])
 
     @provide(scope=Scope.REQUEST, cache=False)
     def history_agent(
-        self, emitter: EventEmitter, metrics: Metrics, history: ConversationHistory
+        self,
+        emitter: EventEmitter,
+        metrics: Metrics,
+        llm: LLM,
+        usage: RunUsage,
+        history: ConversationHistory,
     ) -> HistoryAgent:
-        return HistoryAgent(events=emitter, tracker=metrics, history=history)
+        return HistoryAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, tools=[history])
 
     @provide(scope=Scope.REQUEST, cache=False)
     def general_agent(
-        self, emitter: EventEmitter, metrics: Metrics, llm: LLM, history: ConversationHistory
+        self,
+        emitter: EventEmitter,
+        metrics: Metrics,
+        llm: LLM,
+        usage: RunUsage,
+        history: ConversationHistory,
     ) -> GeneralAgent:
-        return GeneralAgent(events=emitter, tracker=metrics, llm=llm, history=history)
+        return GeneralAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, history=history)
 
     @provide(scope=Scope.REQUEST, cache=False)
-    def supervisor(self, objects: RequestObjects, triage: TriageAgent) -> Supervisor:
-        # Specialists stay factories, as in isochat: only the one triage picks is ever built.
-        return objects.supervisor(triage)
+    def routes(self, objects: RequestObjects) -> Routes:
+        # Routes' agents stay factories, as in isochat: only the one triage picks is ever built.
+        return objects.routes()
+
+    @provide(scope=Scope.REQUEST, cache=False)
+    def triage(
+        self, emitter: EventEmitter, metrics: Metrics, llm: LLM, usage: RunUsage, routes: Routes
+    ) -> TriageAgent:
+        return TriageAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, routes=routes)
+
+    @provide(scope=Scope.REQUEST, cache=False)
+    def supervisor(
+        self, objects: RequestObjects, triage: TriageAgent, routes: Routes
+    ) -> Supervisor:
+        return objects.supervisor(triage, routes)
 
     @provide(scope=Scope.REQUEST, cache=False)
     def agents_for(self, objects: RequestObjects) -> BoundRunAgents:
@@ -297,15 +393,18 @@ class BenchProvider(Provider):
         )
 
 
-DISHKA_TYPES: tuple[type[Any], ...] = (
+# In the order of REQUEST_PROVIDERS.
+DISHKA_TYPES: tuple[Any, ...] = (
     AsyncSession,
+    RunUsage,
     EventEmitter,
     Calculator,
     ConversationHistory,
-    TriageAgent,
     MathAgent,
     HistoryAgent,
     GeneralAgent,
+    Routes,
+    TriageAgent,
     Supervisor,
     BoundRunAgents,
     ChatService,
@@ -328,10 +427,12 @@ def make_dishka_container(app: AppObjects) -> AsyncContainer:
     )
 
 
-def dishka_iteration(app_container: AsyncContainer) -> Iteration:
+def dishka_iteration(app_container: AsyncContainer, sink: Sink = None) -> Iteration:
     async def iteration() -> None:
         async with app_container(context={RunContext: RUN_CONTEXT}) as request:
             resolved = [await request.get(kind) for kind in DISHKA_TYPES]
+        if sink is not None:
+            sink.extend(resolved)
         del resolved
 
     return iteration
@@ -340,32 +441,99 @@ def dishka_iteration(app_container: AsyncContainer) -> Iteration:
 # --- 3. manual ----------------------------------------------------------------------------------
 
 
-def manual_iteration(app: AppObjects) -> Iteration:
+def manual_iteration(app: AppObjects, sink: Sink = None) -> Iteration:
     async def iteration() -> None:
         session = app.database.open_session()
         try:
+            usage = RunUsage(counter=app.metrics)
             emitter = EventEmitter(
-                context=RUN_CONTEXT, database=app.database, broker=app.broker, lease=app.lease
+                context=RUN_CONTEXT,
+                database=app.database,
+                broker=app.broker,
+                lease=app.lease,
+                usage=usage,
             )
-            objects = RequestObjects(app, RUN_CONTEXT, session, emitter)
+            objects = RequestObjects(app, RUN_CONTEXT, session, usage, emitter)
             resolved = [
                 session,
+                usage,
                 emitter,
                 Calculator(),
                 objects.conversation(),
-                objects.triage(),
                 objects.math_agent(),
                 objects.history_agent(),
                 objects.general_agent(),
+                objects.routes(),
+                objects.triage(),
                 objects.supervisor(),
                 objects.agents_for(),
                 chat_service(objects),
             ]
+            if sink is not None:
+                sink.extend(resolved)
             del resolved
         finally:
             await app.database.close_session(session)
 
     return iteration
+
+
+# --- the same graph? ----------------------------------------------------------------------------
+
+
+def check_providers() -> None:
+    """REQUEST_PROVIDERS is every provider of the RequestContainer that builds something: a
+    provider added there must be added here (and to the dishka and manual graphs)."""
+    declared = [
+        name
+        for name, provider in RequestContainer.providers.items()
+        if not isinstance(provider, (Dependency, ScopeValue))
+    ]
+    if declared != list(REQUEST_PROVIDERS):
+        raise SystemExit(
+            f"scope_overhead: the RequestContainer's providers are {declared}, the benchmark "
+            f"resolves {list(REQUEST_PROVIDERS)}: update bench/scope_overhead.py"
+        )
+
+
+def describe(value: object) -> str:
+    """What a resolved object is, as far as the comparison of the three graphs goes."""
+    name = type(value).__name__
+    if isinstance(value, (RunAgents, BoundRunAgents)):
+        return "agents_for"  # isochat's sets the run context in the scope; the others need none
+    if isinstance(value, ToolAgent):
+        tools = [type(tool).__name__ for tool in value._tools.values()]
+        history = type(value._history).__name__ if value._history is not None else None
+        return f"{name}(tools={tools}, history={history})"
+    if isinstance(value, TriageAgent):
+        return f"{name}(routes={list(value._routes)})"
+    if isinstance(value, Supervisor):
+        return f"{name}(triage={type(value._triage).__name__}, routes={list(value._routes)})"
+    if isinstance(value, Mapping):
+        return f"routes({', '.join(f'{k}: {type(v).__name__}' for k, v in value.items())})"
+    return name
+
+
+async def check_graphs(
+    app: AppObjects, builders: Mapping[str, Callable[[Sink], Iteration]]
+) -> None:
+    """One iteration of each approach, its objects kept: the same objects, the same agents."""
+    graphs: dict[str, tuple[list[str], float]] = {}
+    for name, build in builders.items():
+        gc.collect()
+        before = app.metrics.value("isochat_agent_instances_live")
+        kept: list[Any] = []
+        await build(kept)()
+        agents = app.metrics.value("isochat_agent_instances_live") - before
+        graphs[name] = [describe(value) for value in kept], agents
+        del kept
+    reference = graphs[APPROACHES[0]]
+    for name, graph in graphs.items():
+        if graph != reference:
+            raise SystemExit(
+                f"scope_overhead: {name} builds another graph than {APPROACHES[0]}:\n"
+                f"  {APPROACHES[0]}: {reference}\n  {name}: {graph}"
+            )
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -423,14 +591,17 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         settings = Settings(database_url="sqlite+aiosqlite:///" + tmpdir + "/bench.db")
         container = build_container(settings)
+        check_providers()
         app = AppObjects.of(container)
         app_container = make_dishka_container(app)
         try:
-            iterations = {
-                "isochat": isochat_iteration(container),
-                "dishka": dishka_iteration(app_container),
-                "manual": manual_iteration(app),
+            builders: dict[str, Callable[[Sink], Iteration]] = {
+                "isochat": lambda sink: isochat_iteration(container, sink),
+                "dishka": lambda sink: dishka_iteration(app_container, sink),
+                "manual": lambda sink: manual_iteration(app, sink),
             }
+            await check_graphs(app, builders)
+            iterations = {name: build(None) for name, build in builders.items()}
             samples = await measure(
                 iterations, warmup=args.warmup, per_round=args.iterations, rounds=args.rounds
             )

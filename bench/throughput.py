@@ -13,10 +13,11 @@ The two servers, each its own process on a free loopback port:
   each server is compared (event types, agents, frame and answer sizes) and a mismatch is
   reported.
 
-The workload is ``what is (12 + 3) * 4?``: triage routes it to the math agent, whose calculator
-answers, 8 events in all. Each run is on a thread of its own, created before its batch and not
-timed. A batch is C simulated users (C = ``--concurrency``), each with its own token, running
-their share of the batch's runs one after the other, so that C runs are in flight at once:
+The workload is ``what is (12 + 3) * 4?``: triage routes it to the math agent, whose model calls
+the calculator, then answers (streamed as one ``agent_thinking``), 9 events in all. Each run is on
+a thread of its own, created before its batch and not timed. A batch is C simulated users (C =
+``--concurrency``), each with its own token, running their share of the batch's runs one after the
+other, so that C runs are in flight at once:
 
 - ``ws``: each user has one ``/ws`` socket (opened before the clock starts); a run is a ``chat``
   frame, done when its final event arrives;

@@ -27,6 +27,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,6 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from src.services.llm.offline import ROUTE_TOOL
+from tests.helpers import serving
 
 _MARKER = re.compile(r"\[(llm|answer|route|text):([a-z0-9-]+)\]")
 _CALLS = re.compile(r"\[(calls|calls-forever):([^\]]+)\]")
@@ -189,6 +191,18 @@ class FakeModelServer:
         finally:
             self.streams_closed += 1
             self.stream_closed.set()
+
+
+@asynccontextmanager
+async def served_model() -> AsyncIterator[FakeModelServer]:
+    """A fake model server on a free loopback port, for the block (``base_url`` set)."""
+    server = FakeModelServer()
+    async with serving(server.app) as address:
+        server.base_url = f"http://{address}/v1"
+        try:
+            yield server
+        finally:
+            server.release()
 
 
 def _parse_call(item: str) -> tuple[str, str]:
