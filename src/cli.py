@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from src.logs import configured_secrets, logging_config
+from src.plugins import BadPlugin, plugin_classes
 from src.services.auth import TokenService
 from src.services.database.engine import DatabaseTimeout, create_engine, unavailable
 from src.services.database.migrations import MigrationLockTimeout, upgrade_to_head
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"isochat: {exc}", file=sys.stderr)
             return 2
         return 0
+
+    if args.command == "serve":
+        # Before anything is touched: a team's container that cannot be imported is a setting
+        # to fix, said in one line, not a traceback in every worker.
+        try:
+            plugin_classes(settings.plugins)
+        except BadPlugin as exc:
+            print(f"isochat: ISOCHAT_PLUGINS: {exc}", file=sys.stderr)
+            return EXIT_BAD_SETTINGS
 
     problem = prepare_database(settings)
     if problem is not None:

@@ -23,7 +23,8 @@ from src.agents.context import RunContext
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
-from src.agents.triage import Route, TriageAgent
+from src.agents.triage import Route, TriageAgent, with_routes
+from src.plugins import plug_in, plugin_classes
 from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
 from src.services.auth import InProcessUsedTickets, RedisUsedTickets, TokenService, WsTickets
 from src.services.broker import EventBroker, InProcessBroker
@@ -133,11 +134,10 @@ class RequestContainer(containers.DeclarativeContainer):
     general_agent = providers.Factory(
         GeneralAgent, events=emitter, tracker=metrics, llm=llm, usage=usage, history=conversation
     )
-    # What triage chooses from. A route is what the model is told plus a provider of its
-    # agent (only the chosen one is ever built); Route objects hold nothing of a request, so
-    # one of each serves every run. Teams add or replace routes here (see README, "Your own
-    # agents and tools").
-    routes = providers.Dict(
+    # isochat's routes. A route is what the model is told plus a provider of its agent (only
+    # the chosen one is ever built); Route objects hold nothing of a request, so one of each
+    # serves every run.
+    stock_routes = providers.Dict(
         math=providers.Singleton(
             Route, description=MathAgent.description, agent=math_agent.provider
         ),
@@ -148,6 +148,9 @@ class RequestContainer(containers.DeclarativeContainer):
             Route, description=GeneralAgent.description, agent=general_agent.provider
         ),
     )
+    # What triage chooses from: the stock routes, unless a team's container overrides this
+    # (``with_routes(isochat.stock_routes, support=...)``, see src/plugins.py).
+    routes = providers.Callable(with_routes, stock_routes)
     triage = providers.Factory(
         TriageAgent, events=emitter, tracker=metrics, llm=llm, usage=usage, routes=routes
     )
@@ -246,7 +249,12 @@ class AppContainer(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings | None = None) -> AppContainer:
-    return AppContainer(settings=providers.Object(settings or Settings()))
+    """isochat's container, with the teams' containers ``ISOCHAT_PLUGINS`` names plugged in."""
+    settings = settings or Settings()
+    container = AppContainer(settings=providers.Object(settings))
+    for plugin in plugin_classes(settings.plugins):
+        plug_in(container, plugin)
+    return container
 
 
 def request_scope(container: AppContainer, *, request_id: str | None = None) -> RequestScope:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
     )
 
+    # Teams' containers (module:Class, comma-separated) whose providers extend or override
+    # isochat's request providers: their own agents, tools and routes (see src/plugins.py).
+    plugins: str = Field(default="", pattern=r"^\s*([\w.]+:[\w.]+\s*(,\s*[\w.]+:[\w.]+\s*)*)?$")
+
     llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str | None = None
     llm_api_key: str | None = None

@@ -30,6 +30,12 @@ class Route:
     agent: Callable[[], Agent]
 
 
+def with_routes(routes: Mapping[str, Route], **more: Route) -> dict[str, Route]:
+    """``routes`` and ``more`` (which replace routes of the same name): a team's routes beside
+    isochat's."""
+    return {**routes, **more}
+
+
 class TriageAgent(Agent):
     name = "triage"
 

@@ -80,6 +80,17 @@ def test_an_unreachable_database_is_one_line_without_its_password(
     assert "secret" not in done.stdout + done.stderr
 
 
+def test_a_plugin_that_cannot_be_imported_is_refused_in_one_line(tmp_path: Path) -> None:
+    """ISOCHAT_PLUGINS naming a module that is not there: exit 2, one line, nothing touched."""
+    done = isochat(tmp_path, "serve", ISOCHAT_PLUGINS="team.nowhere:Plugin")
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        "isochat: ISOCHAT_PLUGINS: cannot import 'team.nowhere:Plugin': No module named 'team'\n"
+    )
+    assert not (tmp_path / "var").exists()
+
+
 def test_a_token_needs_no_database(tmp_path: Path) -> None:
     """`isochat token` only signs: it works while the database is away."""
     done = isochat(tmp_path, "token", "alice", ISOCHAT_DATABASE_URL=UNREACHABLE_URL)
