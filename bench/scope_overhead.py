@@ -86,6 +86,8 @@ REQUEST_PROVIDERS = (
     "agents_for",
     "chat",
 )
+# Resolved as part of another provider of the list, not on its own: `routes` is built from it.
+BUILT_INTO_OTHERS = frozenset({"stock_routes"})
 APPROACHES = ("isochat", "dishka", "manual")
 RUN_CONTEXT = RunContext(run_id="run-1", thread_id="thread-1", user_id="user-1", request_id="r-1")
 
@@ -487,7 +489,7 @@ def check_providers() -> None:
     declared = [
         name
         for name, provider in RequestContainer.providers.items()
-        if not isinstance(provider, (Dependency, ScopeValue))
+        if not isinstance(provider, (Dependency, ScopeValue)) and name not in BUILT_INTO_OTHERS
     ]
     if declared != list(REQUEST_PROVIDERS):
         raise SystemExit(
