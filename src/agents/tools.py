@@ -176,12 +176,14 @@ class NoInput(BaseModel):
 
 
 class ConversationHistory(Tool[NoInput]):
-    """The user's own earlier messages in the run's thread, read with the run's own session."""
+    """The run's thread so far (the user's messages and the answers), read with the run's own
+    session."""
 
     name = "conversation_history"
     description = (
-        "The user's earlier messages in this conversation, oldest first: the newest "
-        f"{HISTORY_MESSAGES_SHOWN}, each cut to {HISTORY_EXCERPT_CHARS} characters."
+        "This conversation so far, oldest first, each message after who said it (user or "
+        f"assistant): the newest {HISTORY_MESSAGES_SHOWN}, each cut to "
+        f"{HISTORY_EXCERPT_CHARS} characters."
     )
     concurrent = False  # reads with the run's session
 
@@ -189,34 +191,32 @@ class ConversationHistory(Tool[NoInput]):
         self._session = session
         self._context = context
 
-    async def earlier(self, *, role: str | None = None) -> list[Message]:
+    async def earlier(self) -> list[Message]:
         """The thread's messages before this run's own, oldest first."""
         ctx = self._context
 
         async def read(session: AsyncSession) -> list[Message]:
-            return await repo.list_messages(
-                session, thread_id=ctx.thread_id, user_id=ctx.user_id, role=role
-            )
+            return await repo.list_messages(session, thread_id=ctx.thread_id, user_id=ctx.user_id)
 
         return [m for m in await atomic(self._session, read) if m.run_id != ctx.run_id]
 
     async def run(self, params: NoInput) -> str:
-        earlier = await self.earlier(role="user")
-        return summarise_messages([m.content for m in earlier])
+        return summarise_messages([(m.role, m.content) for m in await self.earlier()])
 
 
-def summarise_messages(contents: Sequence[str]) -> str:
-    """The user's earlier messages as a numbered list that fits the tool cap: the newest
-    ``HISTORY_MESSAGES_SHOWN``, each an excerpt, with a note of what was left out."""
-    if not contents:
+def summarise_messages(messages: Sequence[tuple[str, str]]) -> str:
+    """The conversation so far (``(role, content)``, oldest first) as a numbered list that fits
+    the tool cap: the newest ``HISTORY_MESSAGES_SHOWN`` messages, each an excerpt after who
+    said it, with a note of what was left out."""
+    if not messages:
         return NO_EARLIER_MESSAGES
-    first_shown = max(0, len(contents) - HISTORY_MESSAGES_SHOWN)
-    lines = [f"{len(contents)} earlier message(s):"]
+    first_shown = max(0, len(messages) - HISTORY_MESSAGES_SHOWN)
+    lines = [f"{len(messages)} earlier message(s):"]
     if first_shown:
         lines.append(f"... ({first_shown} earlier {_messages(first_shown)} not shown)")
     lines += [
-        f"{number}. {excerpt(content, HISTORY_EXCERPT_CHARS)}"
-        for number, content in enumerate(contents[first_shown:], start=first_shown + 1)
+        f"{number}. {role}: {excerpt(content, HISTORY_EXCERPT_CHARS)}"
+        for number, (role, content) in enumerate(messages[first_shown:], start=first_shown + 1)
     ]
     # A backstop only: the constants above keep the summary within the cap.
     return truncate("\n".join(lines), MAX_TOOL_OUTPUT_CHARS)

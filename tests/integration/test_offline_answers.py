@@ -110,19 +110,22 @@ async def test_sent_to_math_what_has_no_one_calculation_is_refused(
 async def test_sent_to_history_the_conversation_is_listed_not_made_up(
     container: AppContainer, client: httpx.AsyncClient
 ) -> None:
-    """ "summarise our conversation" with earlier messages: the history tool's list of them,
-    said to be a list (the offline model cannot summarise)."""
-    route_everything_to(container, "history")
+    """ "summarise our conversation" with earlier messages: the history tool's list of the
+    conversation (questions and answers), said to be a list (the offline model cannot
+    summarise)."""
     headers = auth(container, "alice")
     thread_id = await new_thread(client, headers)
     await send(client, headers, thread_id, "what is 2 + 2?")
     await send(client, headers, thread_id, "tell me about the sea")
+    route_everything_to(container, "history")
     body = await send(client, headers, thread_id, "summarise our conversation")
 
     content = body["message"]["content"]
-    assert content.startswith("Here is what you asked before in this conversation")
+    assert content.startswith("Here is this conversation so far")
     assert "I can list it, not summarise it" in content
-    assert "1. what is 2 + 2?\n2. tell me about the sea" in content
+    assert "1. user: what is 2 + 2?\n2. assistant: 2 + 2 = 4\n3. user: tell me about the sea" in (
+        content
+    )
 
 
 async def test_a_tool_error_offline_fails_the_run_with_the_tools_reason(

@@ -135,34 +135,40 @@ async def test_history_of_long_messages_is_a_summary_that_says_what_it_left_out(
     assert body["run"]["route"] == "history"
     answer = body["message"]["content"]
     assert len(answer) < MAX_TOOL_OUTPUT_CHARS + 100
-    assert "6 earlier message(s):" in answer
-    for number, topic in enumerate(topics, start=1):
-        assert f"\n{number}. {topic} lorem ipsum" in answer
-    assert answer.count("\u2026 [truncated: 8,000 characters]") == len(topics)
+    # Six questions and six answers: the newest 10 messages, the first exchange left out.
+    assert "12 earlier message(s):\n... (2 earlier messages not shown)" in answer
+    for number, topic in enumerate(topics[1:], start=3):
+        assert f"\n{2 * number - 3}. user: {topic} lorem ipsum" in answer
+        assert f"\n{2 * number - 2}. assistant: You wrote" in answer
+    assert answer.count("\u2026 [truncated: 8,000 characters]") == len(topics) - 1
 
     events = await run_events(client, headers, body["run"]["id"])
     assert_event_texts_capped(events)
     (output,) = [e["data"]["output"] for e in events if e["type"] == "tool_completed"]
     assert len(output) <= MAX_TOOL_OUTPUT_CHARS
     assert not output.endswith(TRUNCATED)  # the summary fits: the tool cap never cut it
-    assert len(json.dumps(events)) < 16_000
+    # The ~3.5 KB summary four times (the tool's output, the live answer, the agent's result,
+    # the final message), not 48 KB several times over.
+    assert len(json.dumps(events)) < 24_000
 
 
 def test_a_long_history_notes_the_messages_it_does_not_show() -> None:
     """Past the newest ``HISTORY_MESSAGES_SHOWN`` messages, the summary says how many earlier
     ones it left out and keeps the numbering of the ones it shows."""
     shown = HISTORY_MESSAGES_SHOWN
-    summary = summarise_messages([f"question {n}" for n in range(1, shown + 3)])
+    summary = summarise_messages([("user", f"question {n}") for n in range(1, shown + 3)])
 
     assert summary.splitlines() == [
         f"{shown + 2} earlier message(s):",
         "... (2 earlier messages not shown)",
-        *[f"{n}. question {n}" for n in range(3, shown + 3)],
+        *[f"{n}. user: question {n}" for n in range(3, shown + 3)],
     ]
-    one_more = summarise_messages([f"question {n}" for n in range(1, shown + 2)])
+    one_more = summarise_messages([("user", f"question {n}") for n in range(1, shown + 2)])
     assert one_more.splitlines()[1] == "... (1 earlier message not shown)"
     assert summarise_messages([]) == NO_EARLIER_MESSAGES
-    assert summarise_messages(["a\n  b\tc"]) == "1 earlier message(s):\n1. a b c"
+    assert summarise_messages([("assistant", "a\n  b\tc")]) == (
+        "1 earlier message(s):\n1. assistant: a b c"
+    )
 
 
 async def test_a_long_answer_is_cut_at_the_answer_cap_and_the_model_is_stopped(

@@ -334,3 +334,34 @@ async def test_a_cancel_reaches_a_tool_in_flight(
     assert cancelled.is_set()
     assert (await asyncio.wait_for(sending, WITHIN_S))["run"]["status"] == "cancelled"
     assert leaks(container) == NO_LEAKS
+
+
+async def test_the_run_deadline_reaches_a_tool_in_flight(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """A tool that never returns: the run's deadline cuts it off (`timeout`) and the tool is
+    cancelled with the run."""
+    cancelled = asyncio.Event()
+
+    class StuckCalculator(Tool[CalculatorInput]):
+        name = "calculator"
+        description = "a calculator that never answers"
+
+        async def run(self, params: CalculatorInput) -> str:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            raise ToolError("unreachable")
+
+    container.request.calculator.override(providers.Factory(StuckCalculator))
+    settings = container.settings().model_copy(update={"run_timeout_s": 1.0})
+    container.settings.override(providers.Object(settings))
+    body, _ = await chat(
+        container, client, "alice", '[route:math] [calls:calculator={"expression": "1"}]'
+    )
+
+    assert body["run"]["error"]["code"] == "timeout"
+    assert cancelled.is_set()
+    assert leaks(container) == NO_LEAKS

@@ -117,17 +117,13 @@ async def assistant_message(session: AsyncSession, *, run_id: str) -> Message | 
     return None if row is None else _message(row)
 
 
-async def list_messages(
-    session: AsyncSession, *, thread_id: str, user_id: str, role: str | None = None
-) -> list[Message]:
+async def list_messages(session: AsyncSession, *, thread_id: str, user_id: str) -> list[Message]:
     query = (
         select(MESSAGES)
         .join(THREADS, THREADS.c.id == MESSAGES.c.thread_id)
         .where(MESSAGES.c.thread_id == thread_id, THREADS.c.user_id == user_id)
         .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
     )
-    if role is not None:
-        query = query.where(MESSAGES.c.role == role)
     return [_message(r) for r in await session.execute(query)]
 
 

@@ -136,8 +136,8 @@ def _answer_from(results: Sequence[ChatMessage], this_run: Sequence[ChatMessage]
             lines.append("This is the first thing you have asked in this conversation.")
         else:
             lines.append(
-                "Here is what you asked before in this conversation (I am the offline model: "
-                f"I can list it, not summarise it): {result.content}"
+                "Here is this conversation so far (I am the offline model: I can list it, "
+                f"not summarise it): {result.content}"
             )
     return "\n".join(lines)
 
