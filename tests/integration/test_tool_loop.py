@@ -27,6 +27,31 @@ from tests.llm_server import COMPLETION_TOKENS, PROMPT_TOKENS, TEXTS, FakeModelS
 WITHIN_S = 60.0  # a liveness guard only: a deadlock fails here instead of hanging the suite
 
 
+class StuckCalculator(Tool[CalculatorInput]):
+    """A calculator that never answers; ``entered`` once called, ``cancelled`` once its call
+    was cancelled. Class attributes: one test at a time uses it, and sets them."""
+
+    name = "calculator"
+    description = "a calculator that never answers"
+    entered: asyncio.Event
+    cancelled: asyncio.Event
+
+    async def run(self, params: CalculatorInput) -> str:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise ToolError("unreachable")
+
+
+def install_stuck_calculator(container: AppContainer) -> type[StuckCalculator]:
+    StuckCalculator.entered, StuckCalculator.cancelled = asyncio.Event(), asyncio.Event()
+    container.request.calculator.override(providers.Factory(StuckCalculator))
+    return StuckCalculator
+
+
 @pytest.fixture
 async def model_server() -> AsyncIterator[FakeModelServer]:
     async with served_model() as server:
@@ -305,33 +330,18 @@ async def test_a_cancel_reaches_a_tool_in_flight(
 ) -> None:
     """A tool still running when its run is cancelled is cancelled with it: the run ends
     `cancelled`, the tool saw the cancel, nothing leaks."""
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    class StuckCalculator(Tool[CalculatorInput]):
-        name = "calculator"
-        description = "a calculator that never answers"
-
-        async def run(self, params: CalculatorInput) -> str:
-            entered.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-            raise ToolError("unreachable")
-
-    container.request.calculator.override(providers.Factory(StuckCalculator))
+    stuck = install_stuck_calculator(container)
     headers = auth(container, "alice")
     thread_id = await new_thread(client, headers)
     content = '[route:math] [calls:calculator={"expression": "1"}]'
     sending = asyncio.create_task(send(client, headers, thread_id, content))
     run_id = await wait_for_run(client, headers, thread_id)
-    await asyncio.wait_for(entered.wait(), WITHIN_S)
+    await asyncio.wait_for(stuck.entered.wait(), WITHIN_S)
 
     cancel = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
 
     assert cancel.json()["run"]["status"] == "cancelled"
-    assert cancelled.is_set()
+    assert stuck.cancelled.is_set()
     assert (await asyncio.wait_for(sending, WITHIN_S))["run"]["status"] == "cancelled"
     assert leaks(container) == NO_LEAKS
 
@@ -341,21 +351,7 @@ async def test_the_run_deadline_reaches_a_tool_in_flight(
 ) -> None:
     """A tool that never returns: the run's deadline cuts it off (`timeout`) and the tool is
     cancelled with the run."""
-    cancelled = asyncio.Event()
-
-    class StuckCalculator(Tool[CalculatorInput]):
-        name = "calculator"
-        description = "a calculator that never answers"
-
-        async def run(self, params: CalculatorInput) -> str:
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-            raise ToolError("unreachable")
-
-    container.request.calculator.override(providers.Factory(StuckCalculator))
+    stuck = install_stuck_calculator(container)
     settings = container.settings().model_copy(update={"run_timeout_s": 1.0})
     container.settings.override(providers.Object(settings))
     body, _ = await chat(
@@ -363,5 +359,5 @@ async def test_the_run_deadline_reaches_a_tool_in_flight(
     )
 
     assert body["run"]["error"]["code"] == "timeout"
-    assert cancelled.is_set()
+    assert stuck.cancelled.is_set()
     assert leaks(container) == NO_LEAKS
