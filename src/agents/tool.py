@@ -24,6 +24,7 @@ given the reason and may try again (see ``src/agents/loop.py``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from abc import ABC, abstractmethod
@@ -74,9 +75,7 @@ class Tool(ABC, Generic[InputT]):
 
     def spec(self) -> ToolSpec:
         return ToolSpec(
-            name=self.name,
-            description=self.description,
-            parameters=self.input_model.model_json_schema(),
+            name=self.name, description=self.description, parameters=_schema(self.input_model)
         )
 
     def parse(self, arguments: str) -> InputT:
@@ -121,6 +120,14 @@ class FunctionTool(Tool[BaseModel]):
     async def run(self, params: BaseModel) -> str:
         result = await self._function(**{k: getattr(params, k) for k in type(params).model_fields})
         return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, made once per model: pydantic takes about 0.1 ms to build one,
+    and every run of a specialist shows its tools' schemas to the model. (Treated as read-only
+    by everything that reads it.)"""
+    return model.model_json_schema()
 
 
 def function_tool(function: Callable[..., Awaitable[Any]]) -> FunctionTool:

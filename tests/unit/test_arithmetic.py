@@ -43,6 +43,8 @@ def test_the_calculation_is_found_in_a_sentence(text: str, expression: str) -> N
         "what is 2+2 and what is 3+3?",
         "what is 1 +",
         "what is (2 + 3",
+        "where is order A-1001?",
+        "it is -5 outside",
     ],
 )
 def test_no_calculation_or_several_is_none(text: str) -> None:

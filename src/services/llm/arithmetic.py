@@ -9,6 +9,7 @@ offline model then says it cannot tell what to calculate, rather than compute so
 
 from __future__ import annotations
 
+import itertools
 import re
 
 FUNCTIONS = ("sqrt", "round", "abs")
@@ -39,6 +40,8 @@ _TOKEN = re.compile(
             r"(?P<close>\))",
             r"(?P<comma>,)",
             r"(?P<space>\s+)",
+            # Anything else ends a stretch: a word at once, or one other character.
+            r"(?P<other>\w+|.)",
         ]
     ),
     re.IGNORECASE,
@@ -58,15 +61,12 @@ def find_arithmetic(text: str) -> str | None:
     text = _ROUND_TO.sub(r"round(\1, \2)", text)
     text = _TIMES_X.sub(" * ", text)
     stretches: list[list[str]] = [[]]
-    position = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None:
-            stretches.append([])  # anything else ends a stretch: words, "?", "="
-            position += 1
-            continue
-        position = match.end()
-        stretches[-1] += _token(match).split()
+    for match in _TOKEN.finditer(text):
+        if match.lastgroup == "other":
+            if stretches[-1]:
+                stretches.append([])
+        else:
+            stretches[-1] += _token(match).split()
     calculations = [e for e in (_expression(s) for s in stretches) if e is not None]
     return calculations[0] if len(calculations) == 1 else None
 
@@ -99,11 +99,20 @@ def _expression(tokens: list[str]) -> str | None:
         return None
     tokens = ["%" if t == "mod" else t for t in tokens]
     tokens = _bracket_function_arguments(tokens)
-    if not any(t in _OPERATORS or t in FUNCTIONS for t in tokens):
-        return None  # a number on its own is not a calculation
+    if not _operates(tokens):
+        return None  # a number on its own (signed or not) is not a calculation
     if not any(_is_number(t) for t in tokens) or not _balanced(tokens):
         return None
     return _render(tokens)
+
+
+def _operates(tokens: list[str]) -> bool:
+    """Whether ``tokens`` do something to numbers: a function, or an operator after a number
+    or a bracket (not only a sign in front of one, as in ``A-1001``)."""
+    return any(t in FUNCTIONS for t in tokens) or any(
+        t in _OPERATORS and (_is_number(before) or before in {")", "%"})
+        for before, t in itertools.pairwise(tokens)
+    )
 
 
 def _percent_of(tokens: list[str]) -> list[str]:
