@@ -196,7 +196,8 @@ class ConversationHistory(Tool[NoInput]):
         ctx = self._context
 
         async def read(session: AsyncSession) -> list[Message]:
-            return await repo.list_messages(session, thread_id=ctx.thread_id, user_id=ctx.user_id)
+            page = await repo.list_messages(session, thread_id=ctx.thread_id, user_id=ctx.user_id)
+            return page.items
 
         return [m for m in await atomic(self._session, read) if m.run_id != ctx.run_id]
 

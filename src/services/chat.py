@@ -4,9 +4,11 @@ while an agent, a model or a tool is awaited."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.engine import Connection
@@ -19,8 +21,9 @@ from src.services.broker import EventBroker
 from src.services.database import repositories as repo
 from src.services.database.engine import Database, atomic
 from src.services.database.models import utcnow
+from src.services.database.repositories import Page
 from src.services.domain import Event, Message, Run, RunError, Thread
-from src.services.errors import Conflict, NotFound
+from src.services.errors import Conflict, NotFound, RunInProgress
 from src.services.leases import Lease
 from src.services.runs import RunRegistry
 from src.settings import Settings
@@ -29,6 +32,8 @@ DEFAULT_TITLE = "New chat"
 # How long a cancel waits for another worker to end the run before ending it in the database.
 CANCEL_WAIT_S = 3.0
 CANCEL_POLL_S = 0.05
+# Rounds of cancel-then-delete before a thread whose runs keep running is refused.
+DELETE_ATTEMPTS = 3
 NOT_STARTED = RunError("internal_error", "an internal error kept the run from starting")
 
 log = logging.getLogger(__name__)
@@ -96,8 +101,12 @@ class ChatService:
         await self._database.transaction(write)
         return thread
 
-    async def list_threads(self, *, user_id: str) -> list[Thread]:
-        return await atomic(self._session, lambda s: repo.list_threads(s, user_id=user_id))
+    async def list_threads(
+        self, *, user_id: str, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Page[Thread]:
+        return await atomic(
+            self._session, lambda s: repo.list_threads(s, user_id=user_id, limit=limit, after=after)
+        )
 
     async def get_thread(self, *, user_id: str, thread_id: str) -> Thread:
         thread = None
@@ -109,11 +118,50 @@ class ChatService:
             raise NotFound("thread not found")
         return thread
 
-    async def list_messages(self, *, user_id: str, thread_id: str) -> list[Message]:
-        async def read(session: AsyncSession) -> list[Message]:
+    async def rename_thread(self, *, user_id: str, thread_id: str, title: str) -> Thread:
+        def write(conn: Connection) -> bool:
+            return repo.rename_thread(conn, thread_id=thread_id, user_id=user_id, title=title)
+
+        if not is_uuid(thread_id) or not await self._database.transaction(write):
+            raise NotFound("thread not found")
+        return await self.get_thread(user_id=user_id, thread_id=thread_id)
+
+    async def delete_thread(self, *, user_id: str, thread_id: str) -> None:
+        """Cancel the thread's running run, if any, then delete the thread with its messages,
+        runs and events in one transaction. A run that starts in between is cancelled too; a
+        run that will not end (its owner is alive but out of reach) is ``RunInProgress``."""
+
+        def delete(conn: Connection) -> bool | None:
+            return repo.delete_idle_thread(conn, thread_id=thread_id, user_id=user_id)
+
+        for _ in range(DELETE_ATTEMPTS):
+            thread = await self.get_thread(user_id=user_id, thread_id=thread_id)
+            if thread.active_run_id is not None:
+                with contextlib.suppress(Conflict):  # it ended meanwhile: fine
+                    await self.cancel_run(user_id=user_id, run_id=thread.active_run_id)
+            deleted = await self._database.transaction(delete)
+            if deleted is None:
+                raise NotFound("thread not found")
+            if deleted:
+                return
+        raise RunInProgress(
+            "the thread's run could not be cancelled; retry later", run_id=thread.active_run_id
+        )
+
+    async def list_messages(
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> Page[Message]:
+        async def read(session: AsyncSession) -> Page[Message]:
             if await repo.get_thread(session, thread_id=thread_id, user_id=user_id) is None:
                 raise NotFound("thread not found")
-            return await repo.list_messages(session, thread_id=thread_id, user_id=user_id)
+            return await repo.list_messages(
+                session, thread_id=thread_id, user_id=user_id, limit=limit, after=after
+            )
 
         if not is_uuid(thread_id):
             raise NotFound("thread not found")
@@ -135,6 +183,13 @@ class ChatService:
                 content=content,
                 request_id=request_id,
             )
+        except RunInProgress as exc:
+            self._runs.not_started(run_id)
+            running = await atomic(
+                self._session,
+                lambda s: repo.running_run_id(s, thread_id=thread_id, user_id=user_id),
+            )
+            raise RunInProgress(exc.message, run_id=running) from None
         except BaseException:
             self._runs.not_started(run_id)
             raise

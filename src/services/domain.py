@@ -24,9 +24,16 @@ class Thread:
     user_id: str
     title: str
     created_at: datetime
+    # The thread's running run, if it has one (at most one: the database sees to it).
+    active_run_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "created_at": iso(self.created_at),
+            "active_run_id": self.active_run_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,15 +42,17 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_without_nul)
+]
+
+
 class NewThread(Body):
-    title: (
-        Annotated[
-            str,
-            StringConstraints(strip_whitespace=True, max_length=200),
-            AfterValidator(_without_nul),
-        ]
-        | None
-    ) = None
+    title: Title | None = None
+
+
+class RenameThread(Body):
+    title: Annotated[Title, StringConstraints(min_length=1)]
 
 
 class NewMessage(Body):

@@ -17,8 +17,23 @@ from src.services.chat import ChatService
 from src.services.errors import Unauthorized
 from src.services.llm import LLM
 from src.settings import Settings
-from src.web.bodies import DevLogin, NewMessage, NewThread, check_content, read_json
+from src.web.bodies import (
+    DevLogin,
+    NewMessage,
+    NewThread,
+    RenameThread,
+    check_content,
+    read_json,
+)
 from src.web.errors import ApiError, error_response
+from src.web.pages import (
+    MAX_MESSAGES_PAGE,
+    MAX_THREADS_PAGE,
+    MESSAGES_PAGE,
+    THREADS_PAGE,
+    cursor,
+    page_query,
+)
 from src.web.websocket import websocket_endpoint
 
 READY_CHECK_TIMEOUT_S = 2.0
@@ -151,8 +166,9 @@ async def create_thread(request: Request) -> Response:
 
 async def list_threads(request: Request) -> Response:
     user = await authenticated_user(request)
-    threads = await _chat(request).list_threads(user_id=user)
-    return _json({"threads": [t.to_json() for t in threads]})
+    limit, after = page_query(request, default=THREADS_PAGE, maximum=MAX_THREADS_PAGE)
+    page = await _chat(request).list_threads(user_id=user, limit=limit, after=after)
+    return _json({"threads": [t.to_json() for t in page.items], "next_cursor": cursor(page)})
 
 
 async def get_thread(request: Request) -> Response:
@@ -161,10 +177,28 @@ async def get_thread(request: Request) -> Response:
     return _json(thread.to_json())
 
 
+async def rename_thread(request: Request) -> Response:
+    user = await authenticated_user(request)
+    body = await read_json(request, RenameThread, max_bytes=_settings(request).max_body_bytes)
+    thread = await _chat(request).rename_thread(
+        user_id=user, thread_id=request.path_params["id"], title=body.title
+    )
+    return _json(thread.to_json())
+
+
+async def delete_thread(request: Request) -> Response:
+    user = await authenticated_user(request)
+    await _chat(request).delete_thread(user_id=user, thread_id=request.path_params["id"])
+    return Response(status_code=204)
+
+
 async def list_messages(request: Request) -> Response:
     user = await authenticated_user(request)
-    messages = await _chat(request).list_messages(user_id=user, thread_id=request.path_params["id"])
-    return _json({"messages": [m.to_json() for m in messages]})
+    limit, after = page_query(request, default=MESSAGES_PAGE, maximum=MAX_MESSAGES_PAGE)
+    page = await _chat(request).list_messages(
+        user_id=user, thread_id=request.path_params["id"], limit=limit, after=after
+    )
+    return _json({"messages": [m.to_json() for m in page.items], "next_cursor": cursor(page)})
 
 
 async def post_message(request: Request) -> Response:
@@ -217,6 +251,8 @@ ROUTES = [
     Route("/api/threads", create_thread, methods=["POST"]),
     Route("/api/threads", list_threads, methods=["GET"]),
     Route("/api/threads/{id}", get_thread, methods=["GET"]),
+    Route("/api/threads/{id}", rename_thread, methods=["PATCH"]),
+    Route("/api/threads/{id}", delete_thread, methods=["DELETE"]),
     Route("/api/threads/{id}/messages", list_messages, methods=["GET"]),
     Route("/api/threads/{id}/messages", post_message, methods=["POST"]),
     Route("/api/runs/{id}", get_run, methods=["GET"]),

@@ -252,7 +252,7 @@ class Connection:
                 chat: ChatService = self._container.request.chat()
                 await use_case(chat)
         except ChatError as exc:
-            outbox.offer(_error_frame(exc.code, exc.message, request_id))
+            outbox.offer(_error_frame(exc.code, exc.message, request_id, details=exc.details))
         except DATABASE_UNAVAILABLE:
             message = "the database is unavailable; retry later"
             outbox.offer(_error_frame("unavailable", message, request_id))
@@ -280,8 +280,10 @@ class Connection:
             await self._websocket.close(code=code, reason=reason[:120])
 
 
-def _error_frame(code: str, message: str, request_id: str | None) -> Frame:
-    frame: Frame = {"type": "error", "error": {"code": code, "message": message}}
+def _error_frame(
+    code: str, message: str, request_id: str | None, *, details: dict[str, Any] | None = None
+) -> Frame:
+    frame: Frame = {"type": "error", "error": {"code": code, "message": message, **(details or {})}}
     if request_id is not None:
         frame["request_id"] = request_id
     return frame

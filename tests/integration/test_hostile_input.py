@@ -137,10 +137,26 @@ def assert_clean_rejection(response: httpx.Response) -> None:
         assert "Traceback" not in response.text
 
 
+BODY_TARGETS = ["dev-login", "threads", "messages", "foreign-messages", "rename", "foreign-rename"]
+
+
+def body_endpoint(harness: Harness, target: str) -> tuple[str, str]:
+    """The method and path of every endpoint that reads a body."""
+    foreign = "/api/threads/00000000-0000-4000-8000-000000000000"
+    return {
+        "dev-login": ("POST", "/api/auth/dev-login"),
+        "threads": ("POST", "/api/threads"),
+        "messages": ("POST", f"/api/threads/{harness.thread_id}/messages"),
+        "foreign-messages": ("POST", f"{foreign}/messages"),
+        "rename": ("PATCH", f"/api/threads/{harness.thread_id}"),
+        "foreign-rename": ("PATCH", foreign),
+    }[target]
+
+
 @EXAMPLES
 @given(
     body=bodies,
-    target=st.sampled_from(["dev-login", "threads", "messages", "foreign-messages"]),
+    target=st.sampled_from(BODY_TARGETS),
     content_type=st.sampled_from(
         ["application/json", "text/plain", "", "application/json; charset=utf-16"]
     ),
@@ -149,16 +165,12 @@ def test_random_bodies_are_rejected_cleanly(
     harness: Harness, body: str, target: str, content_type: str
 ) -> None:
     """Any body at any POST endpoint: a 2xx, or a 4xx error body that wrote nothing."""
-    path = {
-        "dev-login": "/api/auth/dev-login",
-        "threads": "/api/threads",
-        "messages": f"/api/threads/{harness.thread_id}/messages",
-        "foreign-messages": "/api/threads/00000000-0000-4000-8000-000000000000/messages",
-    }[target]
+    method, path = body_endpoint(harness, target)
 
     async def attempt() -> None:
         before = await harness.row_counts()
-        response = await harness.client.post(
+        response = await harness.client.request(
+            method,
             path,
             content=body.encode("utf-8", "surrogatepass"),
             headers=harness.headers | ({"Content-Type": content_type} if content_type else {}),
@@ -357,25 +369,23 @@ def wire_bytes(document: str) -> bytes:
 @HOSTILE_EXAMPLES
 @given(
     document=hostile_documents(),
-    target=st.sampled_from(["dev-login", "threads", "messages", "foreign-messages"]),
+    target=st.sampled_from(BODY_TARGETS),
 )
 def test_deep_huge_and_unencodable_bodies_are_refused_cleanly(
     harness: Harness, document: str, target: str
 ) -> None:
     """Deep, huge-number, surrogate and NUL bodies at every POST endpoint that reads one: a
     4xx in the error shape (413 when past the size limit), never a 5xx, nothing written."""
-    path = {
-        "dev-login": "/api/auth/dev-login",
-        "threads": "/api/threads",
-        "messages": f"/api/threads/{harness.thread_id}/messages",
-        "foreign-messages": "/api/threads/00000000-0000-4000-8000-000000000000/messages",
-    }[target]
+    method, path = body_endpoint(harness, target)
     body = wire_bytes(document.replace(THREAD, harness.thread_id))
 
     async def attempt() -> None:
         before = await harness.row_counts()
-        response = await harness.client.post(
-            path, content=body, headers=harness.headers | {"Content-Type": "application/json"}
+        response = await harness.client.request(
+            method,
+            path,
+            content=body,
+            headers=harness.headers | {"Content-Type": "application/json"},
         )
         assert_clean_rejection(response)
         assert 400 <= response.status_code < 500, response.text

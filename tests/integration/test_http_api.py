@@ -64,7 +64,10 @@ async def test_dev_login_issues_a_token_that_works(client: httpx.AsyncClient) ->
     response = await client.post("/api/auth/dev-login", json={"user_id": "alice"})
     assert response.status_code == 200
     headers = {"Authorization": f"Bearer {response.json()['token']}"}
-    assert (await client.get("/api/threads", headers=headers)).json() == {"threads": []}
+    assert (await client.get("/api/threads", headers=headers)).json() == {
+        "threads": [],
+        "next_cursor": None,
+    }
 
 
 async def test_threads_are_created_listed_newest_first_and_read(
@@ -75,7 +78,7 @@ async def test_threads_are_created_listed_newest_first_and_read(
     first = await client.post("/api/threads", json={"title": "first"}, headers=headers)
     second = await client.post("/api/threads", headers=headers)
     assert first.status_code == second.status_code == 201
-    assert set(first.json()) == {"id", "title", "created_at"}
+    assert set(first.json()) == {"id", "title", "created_at", "active_run_id"}
     assert second.json()["title"] == "New chat"
     listed = (await client.get("/api/threads", headers=headers)).json()["threads"]
     assert [t["id"] for t in listed] == [second.json()["id"], first.json()["id"]]
@@ -191,12 +194,17 @@ async def test_one_run_at_a_time_per_thread(
         f"/api/threads/{busy}/messages", json={"content": "hello?"}, headers=headers
     )
     assert_error(second, 409, "run_in_progress")
+    assert second.json()["error"]["run_id"] == run_id  # the run to follow or cancel
+    thread = (await client.get(f"/api/threads/{busy}", headers=headers)).json()
+    assert thread["active_run_id"] == run_id
     assert (await send(client, headers, other, "what is 1 + 1?"))["run"]["status"] == "completed"
 
     cancelled = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     assert cancelled.status_code == 202
     assert cancelled.json()["run"]["status"] == "cancelled"
     assert (await hanging)["run"]["status"] == "cancelled"
+    thread = (await client.get(f"/api/threads/{busy}", headers=headers)).json()
+    assert thread["active_run_id"] is None
     again = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     assert_error(again, 409, "conflict")
     assert (await send(client, headers, busy, "what is 3 + 3?"))["message"][
@@ -228,7 +236,10 @@ async def test_another_users_objects_are_not_found(
     ]:
         response = await client.request(method, path, json=body, headers=mallory)
         assert_error(response, 404, "not_found")
-    assert (await client.get("/api/threads", headers=mallory)).json() == {"threads": []}
+    assert (await client.get("/api/threads", headers=mallory)).json() == {
+        "threads": [],
+        "next_cursor": None,
+    }
     messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=alice)).json()
     assert len(messages["messages"]) == 2  # mallory's message was not stored
 
@@ -305,7 +316,7 @@ async def test_bad_bodies_get_the_contracts_error_codes(
             "validation_error",
         )
     messages = (await client.get(f"/api/threads/{thread_id}/messages", headers=headers)).json()
-    assert messages == {"messages": []}
+    assert messages == {"messages": [], "next_cursor": None}
 
 
 async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:

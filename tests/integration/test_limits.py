@@ -109,7 +109,7 @@ async def test_running_runs_per_user_are_capped(
     assert_error(third, 429, "rate_limited")
     assert third.headers["retry-after"] == "1"
     messages = (await client.get(f"/api/threads/{threads[2]}/messages", headers=alice)).json()
-    assert messages == {"messages": []}
+    assert messages == {"messages": [], "next_cursor": None}
     bobs = await client.post(
         f"/api/threads/{await new_thread(client, bob)}/messages",
         json={"content": "what is 1 + 1?"},

@@ -236,7 +236,7 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays_usable(
         done = await socket.until(lambda f: f.get("type") in FINAL_EVENT_TYPES)
         assert done["data"]["message"]["content"] == "2 * 21 = 42"
     messages = await http.get(f"/api/threads/{bobs}/messages", headers=auth(container, "bob"))
-    assert messages.json() == {"messages": []}
+    assert messages.json() == {"messages": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize("how", ["none", "bad query", "bad header", "expired"])

@@ -10,9 +10,11 @@ work, a fraction of the ORM's cost per row.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Row, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,16 +22,36 @@ from src.services.database.models import MessageRow, RunEventRow, RunRow, Thread
 from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
 from src.services.llm import Usage
 
-THREADS, MESSAGES, RUNS, EVENTS = (
-    ThreadRow.__table__,
-    MessageRow.__table__,
-    RunRow.__table__,
-    RunEventRow.__table__,
-)
+T = TypeVar("T")
+
+THREADS: Table = ThreadRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
+MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
 
 
 def _thread(row: Row[Any]) -> Thread:
-    return Thread(id=row.id, user_id=row.user_id, title=row.title, created_at=row.created_at)
+    return Thread(
+        id=row.id,
+        user_id=row.user_id,
+        title=row.title,
+        created_at=row.created_at,
+        active_run_id=row.active_run_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list, and where the next one starts (None: this was the last)."""
+
+    items: list[T]
+    next_after: tuple[datetime, str] | None
+
+
+# A thread with the id of its running run (or NULL): the partial unique index allows one.
+_THREADS_WITH_RUN = select(THREADS, RUNS.c.id.label("active_run_id")).outerjoin(
+    RUNS, and_(RUNS.c.thread_id == THREADS.c.id, RUNS.c.status == "running")
+)
 
 
 def _message(row: Row[Any]) -> Message:
@@ -91,19 +113,78 @@ def add_thread(conn: Connection, thread: Thread) -> None:
 
 async def get_thread(session: AsyncSession, *, thread_id: str, user_id: str) -> Thread | None:
     result = await session.execute(
-        select(THREADS).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
+        _THREADS_WITH_RUN.where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
     )
     row = result.first()
     return None if row is None else _thread(row)
 
 
-async def list_threads(session: AsyncSession, *, user_id: str) -> list[Thread]:
+async def list_threads(
+    session: AsyncSession, *, user_id: str, limit: int, after: tuple[datetime, str] | None = None
+) -> Page[Thread]:
+    """The user's threads, newest first, ``limit`` at a time, from after ``after`` (the
+    ``(created_at, id)`` of the last one of the page before)."""
+    query = _THREADS_WITH_RUN.where(THREADS.c.user_id == user_id)
+    if after is not None:
+        at, last_id = after
+        query = query.where(
+            or_(THREADS.c.created_at < at, and_(THREADS.c.created_at == at, THREADS.c.id > last_id))
+        )
     rows = await session.execute(
-        select(THREADS)
-        .where(THREADS.c.user_id == user_id)
-        .order_by(THREADS.c.created_at.desc(), THREADS.c.id)
+        query.order_by(THREADS.c.created_at.desc(), THREADS.c.id).limit(limit + 1)
     )
-    return [_thread(r) for r in rows]
+    threads = [_thread(r) for r in rows]
+    return _page(threads, limit)
+
+
+def rename_thread(conn: Connection, *, thread_id: str, user_id: str, title: str) -> bool:
+    """Whether the user's thread was there to rename."""
+    result = conn.execute(
+        update(THREADS)
+        .where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
+        .values(title=title)
+    )
+    return bool(result.rowcount)
+
+
+def delete_idle_thread(conn: Connection, *, thread_id: str, user_id: str) -> bool | None:
+    """Delete the user's thread with its messages, runs and events, unless a run of it is
+    running: True when deleted, False when a run is running, None when there is no such
+    thread. Explicit deletes, child rows first: SQLite enforces no foreign keys here."""
+    owned = conn.scalar(
+        select(THREADS.c.id).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
+    )
+    if owned is None:
+        return None
+    running = conn.scalar(
+        select(RUNS.c.id).where(RUNS.c.thread_id == thread_id, RUNS.c.status == "running")
+    )
+    if running is not None:
+        return False
+    runs = select(RUNS.c.id).where(RUNS.c.thread_id == thread_id).scalar_subquery()
+    conn.execute(delete(EVENTS).where(EVENTS.c.run_id.in_(runs)))
+    conn.execute(delete(RUNS).where(RUNS.c.thread_id == thread_id))
+    conn.execute(delete(MESSAGES).where(MESSAGES.c.thread_id == thread_id))
+    conn.execute(delete(THREADS).where(THREADS.c.id == thread_id))
+    return True
+
+
+async def running_run_id(session: AsyncSession, *, thread_id: str, user_id: str) -> str | None:
+    run_id: str | None = await session.scalar(
+        select(RUNS.c.id).where(
+            RUNS.c.thread_id == thread_id, RUNS.c.user_id == user_id, RUNS.c.status == "running"
+        )
+    )
+    return run_id
+
+
+def _page(items: list[Any], limit: int) -> Page[Any]:
+    """``items`` (at most one more than ``limit``, fetched to learn whether more follow) as a
+    page of ``limit``."""
+    if len(items) <= limit:
+        return Page(items, None)
+    last = items[limit - 1]
+    return Page(items[:limit], (last.created_at, last.id))
 
 
 # messages
@@ -117,14 +198,33 @@ async def assistant_message(session: AsyncSession, *, run_id: str) -> Message | 
     return None if row is None else _message(row)
 
 
-async def list_messages(session: AsyncSession, *, thread_id: str, user_id: str) -> list[Message]:
+async def list_messages(
+    session: AsyncSession,
+    *,
+    thread_id: str,
+    user_id: str,
+    limit: int | None = None,
+    after: tuple[datetime, str] | None = None,
+) -> Page[Message]:
+    """The thread's messages, oldest first: all of them, or ``limit`` from after ``after``."""
     query = (
         select(MESSAGES)
         .join(THREADS, THREADS.c.id == MESSAGES.c.thread_id)
         .where(MESSAGES.c.thread_id == thread_id, THREADS.c.user_id == user_id)
-        .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
     )
-    return [_message(r) for r in await session.execute(query)]
+    if after is not None:
+        at, last_id = after
+        query = query.where(
+            or_(
+                MESSAGES.c.created_at > at,
+                and_(MESSAGES.c.created_at == at, MESSAGES.c.id > last_id),
+            )
+        )
+    query = query.order_by(MESSAGES.c.created_at, MESSAGES.c.id)
+    if limit is not None:
+        query = query.limit(limit + 1)
+    messages = [_message(r) for r in await session.execute(query)]
+    return _page(messages, limit) if limit is not None else Page(messages, None)
 
 
 # runs
