@@ -393,3 +393,21 @@ async def test_a_run_whose_agents_cannot_be_built_still_ends(
         "status"
     ] == "completed"
     assert leaks(container) == NO_LEAKS
+
+
+async def test_the_chat_page_and_its_assets_are_served_without_a_cdn(
+    client: httpx.AsyncClient,
+) -> None:
+    """`GET /` is the page, with a policy that lets it load only from this server; its script
+    and styles come from /static; no token is needed."""
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script type="module" src="/static/app.js">' in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    script = await client.get("/static/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "https://" not in script.text
+    assert (await client.get("/static/style.css")).status_code == 200
+    assert (await client.get("/static/nothing.js")).status_code == 404

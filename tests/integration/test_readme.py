@@ -1,12 +1,18 @@
-"""README's "Your own agents and tools" examples, run exactly as printed: the tool, the function
-tool and the container define what they say, plug into a real app, and the command's plug-in
-path imports."""
+"""README's examples, run exactly as printed: the WebSocket client against a real server, and
+the plug-in examples (the tool, the function tool and the container define what they say and
+plug into a real app; the command's plug-in path imports)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from src.agents.tool import Tool
 from src.container import AppContainer
@@ -51,3 +57,32 @@ async def test_the_plugin_examples_run_as_printed(container: AppContainer) -> No
     path = re.search(r"ISOCHAT_PLUGINS=(\S+)", command)
     assert path is not None
     assert plugin_class(path.group(1)).__name__ == "SupportPlugin"
+
+
+async def test_the_websocket_example_runs_as_printed(
+    container: AppContainer, live_server: str, tmp_path: Path
+) -> None:
+    """README's `chat.py`, run as it says with a token and a thread of the curl example's:
+    every event of its run in order, then the answer."""
+    [code] = [block for block in blocks(section("Using it"), "python") if "websockets" in block]
+    script = tmp_path / "chat.py"
+    script.write_text(code)
+    headers = {"Authorization": f"Bearer {container.tokens().issue('alice')}"}
+    async with httpx.AsyncClient(base_url=f"http://{live_server}") as client:
+        thread = (await client.post("/api/threads", json={}, headers=headers)).json()["id"]
+    environment = {
+        **os.environ,
+        "TOKEN": headers["Authorization"].removeprefix("Bearer "),
+        "THREAD": thread,
+        "ISOCHAT_WS_URL": f"ws://{live_server}/ws",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), env=environment, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[-1] == "answer: 2 + 2 = 4"
+    assert [line.split()[0] for line in lines[:-1]] == [str(n) for n in range(1, len(lines))]
+    assert lines[0].startswith("1 run_started  {'request_id': 'r1'}")

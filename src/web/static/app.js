@@ -1,0 +1,573 @@
+// isochat's chat page: plain JavaScript modules, no build step, nothing from a CDN.
+//
+// The page is a client of the public API like any other: a bearer token (kept in this
+// browser's storage, never in a URL), the REST endpoints, and one WebSocket opened with a
+// single-use ticket. Runs are started with `on_disconnect: "continue"`, so a reload or a lost
+// connection never ends them: the page finds a thread's running run (`active_run_id`),
+// replays its stored events and follows it live. Every event is applied once, in seq order:
+// one that arrives twice (replay and live) is dropped, one that arrives early waits for the
+// ones before it, and a gap is filled from `GET /api/runs/{id}/events?after=N`.
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "isochat.token";
+const FINAL = new Set(["run_completed", "run_failed", "run_cancelled"]);
+const MAX_BACKOFF_MS = 10000;
+
+const state = {
+  token: localStorage.getItem(TOKEN_KEY),
+  threads: new Map(), // id -> Thread
+  order: [], // thread ids, newest first
+  threadsCursor: null,
+  current: null, // the thread shown
+  messages: [], // its stored messages, oldest first
+  runs: new Map(), // run id -> Run as this page follows it (see runOf)
+  shownRun: null, // the run in the timeline
+  socket: null,
+  backoffMs: 500,
+  sentRequests: new Set(), // request ids of chats this page sent
+};
+
+class ApiFailure extends Error {
+  constructor(status, error, requestId) {
+    super(error.message);
+    this.status = status;
+    this.code = error.code;
+    this.details = error;
+    this.requestId = requestId;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${state.token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = data.error || { code: "internal_error", message: response.statusText };
+    throw new ApiFailure(response.status, error, response.headers.get("X-Request-ID"));
+  }
+  return data;
+}
+
+function describe(failure) {
+  if (failure instanceof ApiFailure) {
+    const request = failure.requestId ? ` (request ${failure.requestId})` : "";
+    return `${failure.code}: ${failure.message}${request}`;
+  }
+  return String(failure.message || failure);
+}
+
+function showError(where, failure) {
+  $(where).textContent = failure ? describe(failure) : "";
+}
+
+// --- signing in -----------------------------------------------------------------------------
+
+function userOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub;
+  } catch {
+    return "?";
+  }
+}
+
+async function useToken(token) {
+  state.token = token;
+  try {
+    await loadThreads();
+  } catch (failure) {
+    state.token = null;
+    throw failure;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  $("who").textContent = `signed in as ${userOf(token)}`;
+  $("sign-in").hidden = true;
+  $("chat").hidden = false;
+  $("sign-out").hidden = false;
+  connect();
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  const first = state.threads.has(wanted) ? wanted : state.order[0];
+  if (first) await selectThread(first);
+}
+
+function signOut() {
+  localStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  if (state.socket) state.socket.close(1000);
+  location.hash = "";
+  location.reload();
+}
+
+$("dev-login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError("sign-in-error", null);
+  try {
+    const response = await fetch("/api/auth/dev-login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user_id: $("user-id").value.trim() }),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (response.status === 404) throw new Error("dev-login is off on this server: paste a token");
+    if (!response.ok) throw new ApiFailure(response.status, data.error, response.headers.get("X-Request-ID"));
+    await useToken(data.token);
+  } catch (failure) {
+    showError("sign-in-error", failure);
+  }
+});
+
+$("token-login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError("sign-in-error", null);
+  try {
+    await useToken($("token").value.trim());
+    $("token").value = "";
+  } catch (failure) {
+    showError("sign-in-error", failure);
+  }
+});
+
+$("sign-out").addEventListener("click", signOut);
+
+// --- threads --------------------------------------------------------------------------------
+
+async function loadThreads(more = false) {
+  const query = more && state.threadsCursor ? `?cursor=${encodeURIComponent(state.threadsCursor)}` : "";
+  const page = await api("GET", `/api/threads${query}`);
+  if (!more) {
+    state.threads.clear();
+    state.order = [];
+  }
+  for (const thread of page.threads) {
+    state.threads.set(thread.id, thread);
+    state.order.push(thread.id);
+  }
+  state.threadsCursor = page.next_cursor;
+  renderThreads();
+}
+
+function renderThreads() {
+  const list = $("thread-list");
+  list.replaceChildren(
+    ...state.order.map((id) => {
+      const thread = state.threads.get(id);
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = thread.title;
+      button.dataset.threadId = id;
+      if (id === state.current) button.setAttribute("aria-current", "true");
+      if (thread.active_run_id) {
+        const busy = document.createElement("span");
+        busy.className = "busy";
+        busy.textContent = " \u25cf";
+        busy.title = "a run is in progress";
+        button.append(busy);
+      }
+      button.addEventListener("click", () => selectThread(id));
+      item.append(button);
+      return item;
+    }),
+  );
+  $("more-threads").hidden = !state.threadsCursor;
+}
+
+$("more-threads").addEventListener("click", () => loadThreads(true).catch((f) => showError("chat-error", f)));
+
+$("new-thread").addEventListener("click", async () => {
+  try {
+    const thread = await api("POST", "/api/threads", {});
+    state.threads.set(thread.id, thread);
+    state.order.unshift(thread.id);
+    await selectThread(thread.id);
+    $("content").focus();
+  } catch (failure) {
+    showError("chat-error", failure);
+  }
+});
+
+$("rename-thread").addEventListener("click", async () => {
+  const thread = state.threads.get(state.current);
+  const title = window.prompt("New title", thread.title);
+  if (title === null || !title.trim()) return;
+  try {
+    state.threads.set(thread.id, await api("PATCH", `/api/threads/${thread.id}`, { title }));
+    renderThreads();
+    renderHeader();
+  } catch (failure) {
+    showError("chat-error", failure);
+  }
+});
+
+$("delete-thread").addEventListener("click", async () => {
+  const thread = state.threads.get(state.current);
+  if (!window.confirm(`Delete "${thread.title}" with all its messages and runs?`)) return;
+  try {
+    await api("DELETE", `/api/threads/${thread.id}`);
+    state.threads.delete(thread.id);
+    state.order = state.order.filter((id) => id !== thread.id);
+    state.current = null;
+    state.messages = [];
+    state.shownRun = null;
+    location.hash = "";
+    if (state.order[0]) await selectThread(state.order[0]);
+    else render();
+  } catch (failure) {
+    showError("chat-error", failure);
+  }
+});
+
+async function selectThread(id) {
+  state.current = id;
+  location.hash = id;
+  showError("chat-error", null);
+  try {
+    state.threads.set(id, await api("GET", `/api/threads/${id}`));
+    await loadMessages();
+    const thread = state.threads.get(id);
+    const last = state.messages.at(-1);
+    const runId = thread.active_run_id || (last && last.run_id);
+    state.shownRun = runId || null;
+    render();
+    if (runId) await replay(runOf(runId, id));
+  } catch (failure) {
+    showError("chat-error", failure);
+  }
+}
+
+async function loadMessages() {
+  const id = state.current;
+  const messages = [];
+  let cursor = null;
+  do {
+    const query = cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
+    const page = await api("GET", `/api/threads/${id}/messages${query}`);
+    messages.push(...page.messages);
+    cursor = page.next_cursor;
+  } while (cursor);
+  if (id === state.current) state.messages = messages;
+}
+
+// --- runs: every event applied once, in seq order --------------------------------------------
+
+function runOf(runId, threadId) {
+  let run = state.runs.get(runId);
+  if (!run) {
+    run = {
+      id: runId,
+      threadId,
+      lastSeq: 0,
+      pending: new Map(), // events that arrived before the ones they follow
+      events: [],
+      text: "", // the answer as it streams: the agent_thinking texts joined
+      status: "running",
+      error: null,
+      requestId: null,
+      replaying: null,
+    };
+    state.runs.set(runId, run);
+  }
+  return run;
+}
+
+function receive(event) {
+  const run = runOf(event.run_id, event.thread_id);
+  if (event.seq <= run.lastSeq || run.pending.has(event.seq)) return; // seen: never twice
+  run.pending.set(event.seq, event);
+  while (run.pending.has(run.lastSeq + 1)) {
+    const next = run.pending.get(run.lastSeq + 1);
+    run.pending.delete(next.seq);
+    run.lastSeq = next.seq;
+    apply(run, next);
+  }
+  if (run.pending.size) replay(run); // a gap: what is missing is stored
+}
+
+function replay(run) {
+  // One replay at a time per run; what it brings goes through receive() like live events.
+  if (!run.replaying) {
+    run.replaying = api("GET", `/api/runs/${run.id}/events?after=${run.lastSeq}`)
+      .then((page) => page.events.forEach(receive))
+      .catch((failure) => showError("chat-error", failure))
+      .finally(() => {
+        run.replaying = null;
+      });
+  }
+  return run.replaying;
+}
+
+function apply(run, event) {
+  run.events.push(event);
+  const thread = state.threads.get(run.threadId);
+  switch (event.type) {
+    case "run_started":
+      run.requestId = event.data.request_id;
+      if (thread) thread.active_run_id = run.id;
+      if (run.threadId === state.current) {
+        state.shownRun = run.id;
+        // Its user message is stored before this event: show it (also when another tab sent it).
+        if (!state.messages.some((m) => m.run_id === run.id)) loadMessages().then(render);
+      } else if (!thread) {
+        loadThreads().catch(() => {});
+      }
+      break;
+    case "agent_thinking":
+      run.text += event.data.text;
+      break;
+    case "run_completed":
+      run.status = "completed";
+      run.text = event.data.message.content;
+      if (run.threadId === state.current && !state.messages.some((m) => m.id === event.data.message.id)) {
+        state.messages.push(event.data.message);
+      }
+      break;
+    case "run_failed":
+      run.status = "failed";
+      run.error = event.data.error;
+      break;
+    case "run_cancelled":
+      run.status = "cancelled";
+      break;
+  }
+  if (FINAL.has(event.type) && thread && thread.active_run_id === run.id) thread.active_run_id = null;
+  if (run.threadId === state.current) render();
+  else if (event.type === "run_started" || FINAL.has(event.type)) renderThreads();
+}
+
+// --- the socket -----------------------------------------------------------------------------
+
+async function connect() {
+  if (!state.token) return;
+  let ticket;
+  try {
+    ticket = (await api("POST", "/api/auth/ws-ticket")).ticket;
+  } catch (failure) {
+    if (failure.status === 401) return signOut();
+    return reconnectLater();
+  }
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws?ticket=${encodeURIComponent(ticket)}`);
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    state.backoffMs = 500;
+    // Whatever happened while the page was not listening is stored: catch up.
+    for (const run of state.runs.values()) if (run.status === "running") replay(run);
+    renderComposer();
+  });
+  socket.addEventListener("message", (message) => {
+    const frame = JSON.parse(message.data);
+    if (frame.type === "error") return onErrorFrame(frame);
+    if (frame.type === "gap") {
+      for (const run of state.runs.values()) if (run.status === "running") replay(run);
+      return;
+    }
+    if (frame.type === "pong") return;
+    if (typeof frame.seq === "number") receive(frame);
+  });
+  socket.addEventListener("close", (closed) => {
+    if (state.socket === socket) state.socket = null;
+    renderComposer();
+    if (closed.code === 4401) return signOut();
+    if (state.token) reconnectLater();
+  });
+}
+
+function reconnectLater() {
+  setTimeout(connect, state.backoffMs);
+  state.backoffMs = Math.min(state.backoffMs * 2, MAX_BACKOFF_MS);
+}
+
+function onErrorFrame(frame) {
+  const request = frame.request_id ? ` (request ${frame.request_id})` : "";
+  $("chat-error").textContent = `${frame.error.code}: ${frame.error.message}${request}`;
+  if (frame.error.code === "run_in_progress" && frame.error.run_id && state.current) {
+    state.shownRun = frame.error.run_id;
+    replay(runOf(frame.error.run_id, state.current));
+  }
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const content = $("content").value;
+  if (!content.trim() || !state.current) return;
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
+    $("chat-error").textContent = "not connected yet: try again in a moment";
+    return;
+  }
+  showError("chat-error", null);
+  const requestId = crypto.randomUUID();
+  state.sentRequests.add(requestId);
+  state.socket.send(
+    JSON.stringify({
+      type: "chat",
+      thread_id: state.current,
+      content,
+      request_id: requestId,
+      on_disconnect: "continue", // a reload or a lost connection does not end the run
+    }),
+  );
+  $("content").value = "";
+});
+
+$("content").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("cancel").addEventListener("click", async () => {
+  const run = state.runs.get(state.shownRun);
+  if (!run || run.status !== "running") return;
+  try {
+    await api("POST", `/api/runs/${run.id}/cancel`);
+  } catch (failure) {
+    if (failure.code !== "conflict") showError("chat-error", failure);
+  }
+});
+
+// --- rendering ------------------------------------------------------------------------------
+
+function render() {
+  renderThreads();
+  renderHeader();
+  renderMessages();
+  renderTimeline();
+  renderComposer();
+}
+
+function renderHeader() {
+  const thread = state.threads.get(state.current);
+  $("thread-title").textContent = thread ? thread.title : "No thread";
+  $("rename-thread").disabled = $("delete-thread").disabled = !thread;
+}
+
+function bubble(role, text, extraClass = "") {
+  const item = document.createElement("li");
+  item.className = `${role} ${extraClass}`.trim();
+  item.textContent = text;
+  return item;
+}
+
+function renderMessages() {
+  const items = [];
+  const answered = new Set(state.messages.filter((m) => m.role === "assistant").map((m) => m.run_id));
+  for (const message of state.messages) {
+    items.push(bubble(message.role, message.content));
+    const run = message.role === "user" ? state.runs.get(message.run_id) : null;
+    if (run && !answered.has(run.id)) items.push(runBubble(run));
+  }
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.replaceChildren(...items);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function runBubble(run) {
+  if (run.status === "running") return bubble("assistant", run.text || "\u2026", "streaming");
+  if (run.status === "failed") {
+    const request = run.requestId ? ` (request ${run.requestId})` : "";
+    return bubble("assistant", `${run.text}${run.text ? "\n" : ""}The run failed: ${run.error.code}: ${run.error.message}${request}`, "failed");
+  }
+  if (run.status === "cancelled") return bubble("assistant", `${run.text}${run.text ? "\n" : ""}(cancelled)`, "failed");
+  return bubble("assistant", run.text);
+}
+
+function renderComposer() {
+  const thread = state.threads.get(state.current);
+  const run = state.runs.get(state.shownRun);
+  const running = Boolean(thread && thread.active_run_id) || Boolean(run && run.status === "running" && run.threadId === state.current);
+  $("content").disabled = !thread;
+  $("send").disabled = !thread || !state.socket || running;
+  $("cancel").hidden = !running;
+}
+
+function renderTimeline() {
+  const run = state.runs.get(state.shownRun);
+  const list = $("timeline");
+  const status = $("run-state");
+  if (!run || run.threadId !== state.current) {
+    status.textContent = "No run yet";
+    status.className = "state";
+    list.replaceChildren();
+    return;
+  }
+  const started = run.events.length ? Date.parse(run.events[0].ts) : 0;
+  const executing = new Map();
+  const entries = [];
+  for (const event of run.events) {
+    const at = Date.parse(event.ts) - started;
+    const data = event.data;
+    switch (event.type) {
+      case "run_started":
+        entries.push(entry(at, "run started", "", `request ${data.request_id}`));
+        break;
+      case "agent_started":
+        entries.push(entry(at, `${event.agent} started`));
+        break;
+      case "agent_completed":
+        if (event.agent === "triage") {
+          const fallback = data.fallback ? ` (fallback: ${data.fallback})` : "";
+          entries.push(entry(at, `route: ${data.result}${fallback}`));
+        } else {
+          entries.push(entry(at, `${event.agent} done`));
+        }
+        break;
+      case "tool_executing":
+        executing.set(data.call_id, at);
+        entries.push(entry(at, `${data.tool} called`, "tool", data.input));
+        break;
+      case "tool_completed": {
+        const took = executing.has(data.call_id) ? ` in ${at - executing.get(data.call_id)} ms` : "";
+        entries.push(entry(at, `${data.tool} ${data.ok === false ? "failed" : "answered"}${took}`, data.ok === false ? "tool failed" : "tool", data.output));
+        break;
+      }
+      case "run_completed": {
+        const usage = data.usage ? `, ${data.usage.prompt_tokens} + ${data.usage.completion_tokens} tokens` : "";
+        entries.push(entry(at, `completed in ${at} ms${usage}`, "completed"));
+        break;
+      }
+      case "run_failed":
+        entries.push(entry(at, `failed in ${at} ms`, "failed", `${data.error.code}: ${data.error.message}\nrequest ${run.requestId}`));
+        break;
+      case "run_cancelled":
+        entries.push(entry(at, `cancelled after ${at} ms`, "failed"));
+        break;
+    }
+  }
+  list.replaceChildren(...entries);
+  status.textContent = run.status;
+  status.className = `state ${run.status}`;
+}
+
+function entry(at, text, kind = "", detail = "") {
+  const item = document.createElement("li");
+  item.className = kind;
+  const when = document.createElement("span");
+  when.className = "at";
+  when.textContent = `+${at} ms`;
+  item.append(when, document.createTextNode(text));
+  if (detail) {
+    const pre = document.createElement("pre");
+    pre.textContent = detail;
+    item.append(pre);
+  }
+  return item;
+}
+
+// --- start ----------------------------------------------------------------------------------
+
+if (state.token) {
+  useToken(state.token).catch(() => {
+    localStorage.removeItem(TOKEN_KEY);
+    $("sign-in").hidden = false;
+  });
+} else {
+  $("sign-in").hidden = false;
+}

@@ -1,0 +1,51 @@
+"""The chat page in headless Chromium (Debian's ``chromium``, driven by Playwright; nothing is
+downloaded), against the real app served by uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+CHROMIUM = os.environ.get("ISOCHAT_TEST_CHROMIUM", "/usr/bin/chromium")
+# As root (tests run as root) Chromium needs --no-sandbox; the rest keeps it off the network.
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/browser" in str(item.fspath):
+            item.add_marker(pytest.mark.browser)
+            if shutil.which(CHROMIUM) is None:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"no Chromium at {CHROMIUM} (make test installs Debian's chromium "
+                        "where apt-get can)"
+                    )
+                )
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+def base_url(live_server: str) -> str:
+    return f"http://{live_server}"
