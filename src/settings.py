@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     leak_margin_s: float = Field(default=30.0, ge=0)
 
     max_message_chars: int = Field(default=8000, ge=1)
+    # Origins (scheme://host[:port], comma-separated) whose pages may call the API from a
+    # browser; none by default.
+    cors_origins: str = ""
+    # A server-sent-event stream that has sent nothing this long sends a comment (proxies cut
+    # idle connections).
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # HTTP bodies and WebSocket frames
     ws_max_pending_frames: int = Field(default=256, ge=8)
     # Per user; one user reaching a limit never slows another.
@@ -162,6 +168,18 @@ class Settings(BaseSettings):
                 "with memory:// events and cancels never reach the other workers"
             )
         return self
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"expected origins like https://app.example.com, got {origin!r}")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def broker_kind(self) -> Literal["memory", "redis"]:

@@ -170,9 +170,16 @@ class ChatService:
     # runs
 
     async def send_message(
-        self, *, user_id: str, thread_id: str, content: str, request_id: str | None
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        content: str,
+        request_id: str | None,
+        on_started: Callable[[Run], None] | None = None,
     ) -> tuple[Run, Message | None]:
-        """Store the message, run the agents to the end, and report the run and its answer."""
+        """Store the message, run the agents to the end, and report the run and its answer.
+        ``on_started`` hears of the run as soon as it is stored, before any agent works."""
         run_id = str(uuid.uuid4())
         self._runs.starting(run_id)
         try:
@@ -193,6 +200,8 @@ class ChatService:
         except BaseException:
             self._runs.not_started(run_id)
             raise
+        if on_started is not None:
+            on_started(run)
         context = RunContext(
             run_id=run.id, thread_id=thread_id, user_id=user_id, request_id=request_id
         )

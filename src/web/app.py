@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from src.container import AppContainer, shutdown, startup
 from src.web.errors import EXCEPTION_HANDLERS
@@ -33,9 +34,24 @@ def create_app(container: AppContainer) -> Starlette:
                 watcher.cancel()
             await shutdown(container)
 
+    settings = container.settings()
+    middleware = [Middleware(RequestScopeMiddleware, container=container)]
+    if settings.cors_origin_list:
+        # Outermost: a preflight is answered before anything else sees it.
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            ),
+        )
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestScopeMiddleware, container=container)],
+        middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

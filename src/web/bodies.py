@@ -10,7 +10,7 @@ away. The byte limit comes first, so no parser ever sees more than ``max_bytes``
 from __future__ import annotations
 
 import codecs
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import PydanticCustomError
@@ -57,6 +57,8 @@ class RenameThread(Body):
 
 class NewMessage(Body):
     content: StoredText
+    # For a run streamed as server-sent events: whether it goes on when the client goes away.
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
 
 
 class DevLogin(Body):

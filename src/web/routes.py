@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -19,6 +19,7 @@ from src.services.chat import ChatService
 from src.services.errors import Unauthorized
 from src.services.llm import LLM
 from src.settings import Settings
+from src.web import sse
 from src.web.bodies import (
     DevLogin,
     NewMessage,
@@ -27,6 +28,7 @@ from src.web.bodies import (
     check_content,
     read_json,
 )
+from src.web.detached import start_detached
 from src.web.errors import ApiError, error_response
 from src.web.pages import (
     MAX_MESSAGES_PAGE,
@@ -204,10 +206,12 @@ async def list_messages(request: Request) -> Response:
 
 
 async def post_message(request: Request) -> Response:
+    """The run to its end (its Run and answer), or, asked for ``text/event-stream``, its
+    events as they come."""
     user = await authenticated_user(request)
-    settings = _settings(request)
-    body = await read_json(request, NewMessage, max_bytes=settings.max_body_bytes)
-    check_content(body.content, max_chars=settings.max_message_chars)
+    body = await _message_body(request)
+    if _wants_event_stream(request):
+        return await _streamed_run(request, user, body)
     run, message = await _chat(request).send_message(
         user_id=user,
         thread_id=request.path_params["id"],
@@ -215,6 +219,67 @@ async def post_message(request: Request) -> Response:
         request_id=request.state.request_id,
     )
     return _json({"run": run.to_json(), "message": None if message is None else message.to_json()})
+
+
+async def start_run(request: Request) -> Response:
+    """A background run: 202 with the Run as soon as it is stored; it goes on on its own."""
+    user = await authenticated_user(request)
+    body = await _message_body(request)
+    run = await start_detached(
+        _container(request),
+        user_id=user,
+        thread_id=request.path_params["id"],
+        content=body.content,
+        request_id=request.state.request_id,
+    )
+    return _json({"run": run.to_json()}, 202)
+
+
+async def _message_body(request: Request) -> NewMessage:
+    settings = _settings(request)
+    body = await read_json(request, NewMessage, max_bytes=settings.max_body_bytes)
+    check_content(body.content, max_chars=settings.max_message_chars)
+    return body
+
+
+def _wants_event_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def _streamed_run(request: Request, user: str, body: NewMessage) -> Response:
+    """Subscribed first, then the run started apart from this request: its events stream from
+    the first; if the client goes away first, the run is cancelled unless ``on_disconnect``
+    says ``continue``."""
+    container = _container(request)
+    broker = container.broker()
+    subscription = await sse.subscribe(broker, user)
+    try:
+        run = await start_detached(
+            container,
+            user_id=user,
+            thread_id=request.path_params["id"],
+            content=body.content,
+            request_id=request.state.request_id,
+        )
+    except BaseException:
+        await broker.unsubscribe(subscription)
+        raise
+
+    def abandoned() -> None:
+        if body.on_disconnect == "cancel":
+            container.runs().cancel_soon(run.id)
+
+    events = sse.follow(
+        chat=_chat(request),
+        broker=broker,
+        subscription=subscription,
+        user_id=user,
+        run_id=run.id,
+        after=0,
+        on_abandoned=abandoned,
+        keepalive_s=_settings(request).sse_keepalive_s,
+    )
+    return StreamingResponse(events, media_type="text/event-stream", headers=sse.HEADERS)
 
 
 # runs
@@ -228,14 +293,42 @@ async def get_run(request: Request) -> Response:
 
 async def list_events(request: Request) -> Response:
     user = await authenticated_user(request)
-    raw_after = request.query_params.get("after", "0")
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-    if not (raw_after.isascii() and raw_after.isdigit()) or len(raw_after) > 18:
-        raise ApiError("validation_error", "after: must be a whole number, 0 or more")
+    after = _seq(request.query_params.get("after", "0"), name="after")
     events = await _chat(request).list_events(
-        user_id=user, run_id=request.path_params["id"], after=int(raw_after)
+        user_id=user, run_id=request.path_params["id"], after=after
     )
     return _json({"events": [e.to_json() for e in events]})
+
+
+async def stream_run(request: Request) -> Response:
+    """The run's events as SSE after ``Last-Event-ID`` (or ``?after=N``): stored, then live,
+    ending after the final event. Following a run does not own it: leaving cancels nothing."""
+    user = await authenticated_user(request)
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id is not None:
+        after = _seq(last_event_id.strip(), name="Last-Event-ID")
+    else:
+        after = _seq(request.query_params.get("after", "0"), name="after")
+    chat, broker = _chat(request), _container(request).broker()
+    run = await chat.get_run(user_id=user, run_id=request.path_params["id"])  # 404 first
+    subscription = await sse.subscribe(broker, user)
+    events = sse.follow(
+        chat=chat,
+        broker=broker,
+        subscription=subscription,
+        user_id=user,
+        run_id=run.id,
+        after=after,
+        keepalive_s=_settings(request).sse_keepalive_s,
+    )
+    return StreamingResponse(events, media_type="text/event-stream", headers=sse.HEADERS)
+
+
+def _seq(raw: str, *, name: str) -> int:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError("validation_error", f"{name}: must be a whole number, 0 or more")
+    return int(raw)
 
 
 async def cancel_run(request: Request) -> Response:
@@ -277,8 +370,10 @@ ROUTES = [
     Route("/api/threads/{id}", delete_thread, methods=["DELETE"]),
     Route("/api/threads/{id}/messages", list_messages, methods=["GET"]),
     Route("/api/threads/{id}/messages", post_message, methods=["POST"]),
+    Route("/api/threads/{id}/runs", start_run, methods=["POST"]),
     Route("/api/runs/{id}", get_run, methods=["GET"]),
     Route("/api/runs/{id}/events", list_events, methods=["GET"]),
+    Route("/api/runs/{id}/stream", stream_run, methods=["GET"]),
     Route("/api/runs/{id}/cancel", cancel_run, methods=["POST"]),
     WebSocketRoute("/ws", websocket_endpoint),
 ]

@@ -1,0 +1,40 @@
+"""Runs that do not belong to the request that started them: a background run
+(``POST /api/threads/{id}/runs``) and a run streamed as server-sent events. Each runs in a
+request scope of its own, in a task the run registry keeps (and shutdown ends), so the caller's
+request may end, or its client go away, while the run goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+from src.container import AppContainer, request_scope
+from src.logs import bind
+from src.services.domain import Run
+
+
+async def start_detached(
+    container: AppContainer, *, user_id: str, thread_id: str, content: str, request_id: str
+) -> Run:
+    """The run, once stored; what refused it (404, 409, 429, 503) is raised here instead."""
+    started: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+
+    async def run() -> None:
+        bind(request_id=request_id)  # the run's log lines carry the request that started it
+        async with request_scope(container, request_id=request_id):
+            await container.request.chat().send_message(
+                user_id=user_id,
+                thread_id=thread_id,
+                content=content,
+                request_id=request_id,
+                on_started=started.set_result,
+            )
+
+    # Not the caller's scope: a context of its own, in which the run's scope is opened.
+    task = asyncio.create_task(run(), context=contextvars.copy_context())
+    container.runs().adopt(task)
+    await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        return started.result()
+    task.result()  # it ended before the run was stored: raise why
+    raise AssertionError("a run that stored nothing ended without an error")
