@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import time
@@ -39,9 +40,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("isochat.migrations")
 
-# alembic.ini and alembic/ sit at the project root, three levels above this package.
+# In a checkout, alembic.ini and alembic/ sit at the project root, three levels above this
+# package; an installed isochat has the same alembic/ as its package src.migrations.
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+
+def migrations_directory() -> Path:
+    """Where the migrations are: the checkout's alembic/, else the installed package's."""
+    if (PROJECT_ROOT / "alembic" / "env.py").is_file():
+        return PROJECT_ROOT / "alembic"
+    spec = importlib.util.find_spec("src.migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("isochat's migrations are missing from this installation")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 MIGRATION_LOCK_NAME = "isochat.migrations"
 # pg_advisory_lock takes a signed 64-bit key: the first 8 bytes of the name's SHA-256, so that
@@ -69,9 +81,13 @@ def _escape(value: str) -> str:
 
 
 def _base_config() -> Config:
-    cfg = Config(str(ALEMBIC_INI))
+    if ALEMBIC_INI.is_file():
+        cfg = Config(str(ALEMBIC_INI))
+    else:  # installed: no alembic.ini, only what running the migrations needs
+        cfg = Config()
+        cfg.set_main_option("path_separator", "os")
     # Absolute, so migrations are found whatever the current directory is.
-    cfg.set_main_option("script_location", _escape(str(PROJECT_ROOT / "alembic")))
+    cfg.set_main_option("script_location", _escape(str(migrations_directory())))
     # The process that runs migrations in-process has its own logging; do not let
     # alembic.ini's fileConfig replace it.
     cfg.attributes["configure_logger"] = False
