@@ -55,6 +55,7 @@ def migrations_directory() -> Path:
         raise RuntimeError("isochat's migrations are missing from this installation")
     return Path(next(iter(spec.submodule_search_locations)))
 
+
 MIGRATION_LOCK_NAME = "isochat.migrations"
 # pg_advisory_lock takes a signed 64-bit key: the first 8 bytes of the name's SHA-256, so that
 # every version of isochat agrees on it without a registry of keys. (-958539339995782858; in
