@@ -73,7 +73,7 @@ class InProcessBroker:
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
 
     async def publish(self, user_id: str, event: Event) -> None:
-        self.deliver(user_id, event.to_json())
+        self.deliver(user_id, dict(event.to_json()))
 
     def deliver(self, user_id: str, frame: Frame) -> None:
         for subscription in tuple(self._subscriptions.get(user_id, ())):

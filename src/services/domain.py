@@ -4,14 +4,65 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
-from src.services.llm.base import Usage
+# typing_extensions' TypedDict: pydantic derives the OpenAPI schemas from these on Python 3.11.
+from typing_extensions import TypedDict
+
+from src.services.llm.base import Usage, UsageJSON
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 FINAL_EVENT_TYPES = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
+# The objects as the API shows them (JSON), checked against to_json by mypy and published as
+# the OpenAPI schemas (src/web/openapi.py): one definition for both.
+class ThreadJSON(TypedDict):
+    id: str
+    title: str
+    created_at: str
+    active_run_id: str | None
+
+
+class MessageJSON(TypedDict):
+    id: str
+    thread_id: str
+    role: Literal["user", "assistant"]
+    content: str
+    run_id: str | None
+    created_at: str
+
+
+class RunErrorJSON(TypedDict):
+    code: str
+    message: str
+
+
+class RunJSON(TypedDict):
+    id: str
+    thread_id: str
+    status: RunStatus
+    route: str | None
+    error: RunErrorJSON | None
+    usage: UsageJSON | None
+    created_at: str
+    finished_at: str | None
+
+
+class EventJSON(TypedDict):
+    type: str
+    run_id: str
+    thread_id: str
+    seq: int
+    ts: str
+    agent: str | None
+    data: dict[str, Any]
+
+
+@overload
+def iso(ts: datetime) -> str: ...
+@overload
+def iso(ts: datetime | None) -> str | None: ...
 def iso(ts: datetime | None) -> str | None:
     if ts is None:
         return None
@@ -27,7 +78,7 @@ class Thread:
     # The thread's running run, if it has one (at most one: the database sees to it).
     active_run_id: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ThreadJSON:
         return {
             "id": self.id,
             "title": self.title,
@@ -45,7 +96,7 @@ class Message:
     run_id: str | None
     created_at: datetime
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> MessageJSON:
         return {
             "id": self.id,
             "thread_id": self.thread_id,
@@ -61,7 +112,7 @@ class RunError:
     code: str
     message: str
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> RunErrorJSON:
         return {"code": self.code, "message": self.message}
 
 
@@ -92,7 +143,7 @@ class Run:
             finished_at=None,
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RunJSON:
         return {
             "id": self.id,
             "thread_id": self.thread_id,
@@ -115,7 +166,7 @@ class Event:
     agent: str | None
     data: dict[str, Any]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> EventJSON:
         return {
             "type": self.type,
             "run_id": self.run_id,

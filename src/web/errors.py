@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Required
 
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from typing_extensions import TypedDict
 
 from src.logs import log_failure
 from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
@@ -17,7 +18,7 @@ from src.services.errors import ChatError, RateLimited
 
 log = logging.getLogger(__name__)
 
-_STATUS_OF_CODE = {
+STATUS_OF_CODE = {
     "invalid_json": 400,
     "unauthorized": 401,
     "not_found": 404,
@@ -30,6 +31,19 @@ _STATUS_OF_CODE = {
     "internal_error": 500,
     "unavailable": 503,
 }
+
+
+class ErrorDetail(TypedDict, total=False):
+    code: Required[str]
+    message: Required[str]
+    run_id: str | None  # run_in_progress: the running run
+    run: dict[str, Any]  # conflict: the run as it ended
+
+
+class ErrorAnswer(TypedDict):
+    """The body of every error answer."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -48,11 +62,9 @@ def error_response(
     headers: dict[str, str] | None = None,
     details: dict[str, Any] | None = None,
 ) -> Response:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, **(details or {})}},
-        status_code=_STATUS_OF_CODE[code],
-        headers=headers,
-    )
+    detail: ErrorDetail = {"code": code, "message": message, **(details or {})}  # type: ignore[typeddict-item]
+    body: ErrorAnswer = {"error": detail}
+    return JSONResponse(body, status_code=STATUS_OF_CODE[code], headers=headers)
 
 
 async def on_api_error(_: Request, exc: Exception) -> Response:

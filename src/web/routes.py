@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,15 +12,28 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from src.container import AppContainer
 from src.logs import bind
 from src.services.auth import WsTickets, valid_user_id
 from src.services.chat import ChatService
+from src.services.domain import RunJSON, ThreadJSON
 from src.services.errors import Unauthorized
 from src.services.llm import LLM
 from src.settings import Settings
 from src.web import sse
+from src.web.answers import (
+    EventList,
+    Live,
+    MessagePage,
+    Ready,
+    RunAndAnswer,
+    RunAnswer,
+    ThreadPage,
+    TicketAnswer,
+    TokenAnswer,
+)
 from src.web.bodies import (
     DevLogin,
     NewMessage,
@@ -30,6 +44,7 @@ from src.web.bodies import (
 )
 from src.web.detached import start_detached
 from src.web.errors import ApiError, error_response
+from src.web.openapi import Operation, Param, document, documented
 from src.web.pages import (
     MAX_MESSAGES_PAGE,
     MAX_THREADS_PAGE,
@@ -41,6 +56,7 @@ from src.web.pages import (
 from src.web.websocket import websocket_endpoint
 
 READY_CHECK_TIMEOUT_S = 2.0
+VERSION = importlib.metadata.version("isochat")
 T = TypeVar("T")
 
 
@@ -78,13 +94,31 @@ def _json(data: Any, status_code: int = 200) -> Response:
     return JSONResponse(data, status_code=status_code)
 
 
+# What the OpenAPI document says of what is not JSON.
+EVENT_STREAM = {
+    200: {
+        "text/event-stream": {
+            "schema": {"type": "string", "description": "id: seq, event: type, data: Event (JSON)"}
+        }
+    }
+}
+AFTER = Param(
+    "after", "query", "events after this seq (default 0)", {"type": "integer", "minimum": 0}
+)
+
+
 # health and metrics
 
 
+@documented(Operation("The process answers", {200: Live}, authenticated=False))
 async def live(_: Request) -> Response:
-    return _json({"status": "ok"})
+    body: Live = {"status": "ok"}
+    return _json(body)
 
 
+@documented(
+    Operation("Ready to serve: each check named", {200: Ready, 503: Ready}, authenticated=False)
+)
 async def ready(request: Request) -> Response:
     """Ready when the database answers a new client, its schema is at the newest migration,
     events can be delivered and the language model answers; otherwise 503 naming the failing
@@ -106,8 +140,9 @@ async def ready(request: Request) -> Response:
     }
     failing = [name for name, state in checks.items() if state != "ok"]
     if not failing:
-        return _json({"status": "ok", "checks": checks})
-    body = {
+        healthy: Ready = {"status": "ok", "checks": checks}
+        return _json(healthy)
+    body: Ready = {
         "status": "unavailable",
         "checks": checks,
         "error": {"code": "unavailable", "message": f"failing checks: {', '.join(failing)}"},
@@ -126,6 +161,14 @@ async def _probe(check: Callable[[], Awaitable[T]]) -> T | bool | None:
     return True if answer is None else answer
 
 
+@documented(
+    Operation(
+        "Prometheus metrics",
+        {200: None},
+        authenticated=False,
+        media={200: {"text/plain": {"schema": {"type": "string"}}}},
+    )
+)
 async def metrics(request: Request) -> Response:
     return Response(
         _container(request).metrics().render(),
@@ -136,6 +179,15 @@ async def metrics(request: Request) -> Response:
 # identity
 
 
+@documented(
+    Operation(
+        "A token for a user (development only: 404 otherwise)",
+        {200: TokenAnswer},
+        body=DevLogin,
+        errors=("not_found",),
+        authenticated=False,
+    )
+)
 async def dev_login(request: Request) -> Response:
     if not _settings(request).is_development:
         return error_response("not_found", "no such path")
@@ -145,20 +197,24 @@ async def dev_login(request: Request) -> Response:
             "validation_error",
             "user_id: 1-200 characters of letters, digits and . _ @ -",
         )
-    return _json({"token": _container(request).tokens().issue(body.user_id)})
+    answer: TokenAnswer = {"token": _container(request).tokens().issue(body.user_id)}
+    return _json(answer)
 
 
+@documented(Operation("A single-use ticket that opens one WebSocket", {200: TicketAnswer}))
 async def ws_ticket(request: Request) -> Response:
     """A ticket that opens one WebSocket (``/ws?ticket=...``) within ``expires_in`` seconds:
     the long-lived bearer token stays in a header, out of URLs and access logs."""
     user = await authenticated_user(request)
     tickets: WsTickets = _container(request).ws_tickets()
-    return _json({"ticket": tickets.issue(user), "expires_in": tickets.ttl_s})
+    answer: TicketAnswer = {"ticket": tickets.issue(user), "expires_in": int(tickets.ttl_s)}
+    return _json(answer)
 
 
 # threads and messages
 
 
+@documented(Operation("Create a thread", {201: ThreadJSON}, body=NewThread))
 async def create_thread(request: Request) -> Response:
     user = await authenticated_user(request)
     body = await read_json(
@@ -168,19 +224,36 @@ async def create_thread(request: Request) -> Response:
     return _json(thread.to_json(), 201)
 
 
+PAGE_PARAMS = (
+    Param("limit", "query", "items per page", {"type": "integer", "minimum": 1}),
+    Param("cursor", "query", "next_cursor of the page before"),
+)
+
+
+@documented(
+    Operation(
+        "The user's threads, newest first, a page at a time",
+        {200: ThreadPage},
+        errors=("validation_error",),
+        params=PAGE_PARAMS,
+    )
+)
 async def list_threads(request: Request) -> Response:
     user = await authenticated_user(request)
     limit, after = page_query(request, default=THREADS_PAGE, maximum=MAX_THREADS_PAGE)
     page = await _chat(request).list_threads(user_id=user, limit=limit, after=after)
-    return _json({"threads": [t.to_json() for t in page.items], "next_cursor": cursor(page)})
+    answer: ThreadPage = {"threads": [t.to_json() for t in page.items], "next_cursor": cursor(page)}
+    return _json(answer)
 
 
+@documented(Operation("A thread", {200: ThreadJSON}))
 async def get_thread(request: Request) -> Response:
     user = await authenticated_user(request)
     thread = await _chat(request).get_thread(user_id=user, thread_id=request.path_params["id"])
     return _json(thread.to_json())
 
 
+@documented(Operation("Rename a thread", {200: ThreadJSON}, body=RenameThread))
 async def rename_thread(request: Request) -> Response:
     user = await authenticated_user(request)
     body = await read_json(request, RenameThread, max_bytes=_settings(request).max_body_bytes)
@@ -190,21 +263,58 @@ async def rename_thread(request: Request) -> Response:
     return _json(thread.to_json())
 
 
+@documented(
+    Operation(
+        "Delete a thread with its messages, runs and events (a running run cancelled first)",
+        {204: None},
+        errors=("run_in_progress",),
+    )
+)
 async def delete_thread(request: Request) -> Response:
     user = await authenticated_user(request)
     await _chat(request).delete_thread(user_id=user, thread_id=request.path_params["id"])
     return Response(status_code=204)
 
 
+@documented(
+    Operation(
+        "A thread's messages, oldest first, a page at a time",
+        {200: MessagePage},
+        errors=("validation_error",),
+        params=PAGE_PARAMS,
+    )
+)
 async def list_messages(request: Request) -> Response:
     user = await authenticated_user(request)
     limit, after = page_query(request, default=MESSAGES_PAGE, maximum=MAX_MESSAGES_PAGE)
     page = await _chat(request).list_messages(
         user_id=user, thread_id=request.path_params["id"], limit=limit, after=after
     )
-    return _json({"messages": [m.to_json() for m in page.items], "next_cursor": cursor(page)})
+    answer: MessagePage = {
+        "messages": [m.to_json() for m in page.items],
+        "next_cursor": cursor(page),
+    }
+    return _json(answer)
 
 
+@documented(
+    Operation(
+        "Send a message: its run to the end, or (Accept: text/event-stream) its events live",
+        {200: RunAndAnswer},
+        body=NewMessage,
+        errors=("run_in_progress",),
+        media={
+            200: {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "id: seq, event: type, data: Event (JSON)",
+                    }
+                }
+            }
+        },
+    )
+)
 async def post_message(request: Request) -> Response:
     """The run to its end (its Run and answer), or, asked for ``text/event-stream``, its
     events as they come."""
@@ -218,9 +328,21 @@ async def post_message(request: Request) -> Response:
         content=body.content,
         request_id=request.state.request_id,
     )
-    return _json({"run": run.to_json(), "message": None if message is None else message.to_json()})
+    answer: RunAndAnswer = {
+        "run": run.to_json(),
+        "message": None if message is None else message.to_json(),
+    }
+    return _json(answer)
 
 
+@documented(
+    Operation(
+        "Start a background run: 202 with the Run at once",
+        {202: RunAnswer},
+        body=NewMessage,
+        errors=("run_in_progress",),
+    )
+)
 async def start_run(request: Request) -> Response:
     """A background run: 202 with the Run as soon as it is stored; it goes on on its own."""
     user = await authenticated_user(request)
@@ -232,7 +354,8 @@ async def start_run(request: Request) -> Response:
         content=body.content,
         request_id=request.state.request_id,
     )
-    return _json({"run": run.to_json()}, 202)
+    answer: RunAnswer = {"run": run.to_json()}
+    return _json(answer, 202)
 
 
 async def _message_body(request: Request) -> NewMessage:
@@ -285,21 +408,66 @@ async def _streamed_run(request: Request, user: str, body: NewMessage) -> Respon
 # runs
 
 
+@documented(Operation("A run", {200: RunJSON}))
 async def get_run(request: Request) -> Response:
     user = await authenticated_user(request)
     run = await _chat(request).get_run(user_id=user, run_id=request.path_params["id"])
     return _json(run.to_json())
 
 
+@documented(
+    Operation(
+        "A run's stored events after a seq, in order",
+        {200: EventList},
+        errors=("validation_error",),
+        params=(
+            Param(
+                "after",
+                "query",
+                "events after this seq (default 0)",
+                {"type": "integer", "minimum": 0},
+            ),
+        ),
+    )
+)
 async def list_events(request: Request) -> Response:
     user = await authenticated_user(request)
     after = _seq(request.query_params.get("after", "0"), name="after")
     events = await _chat(request).list_events(
         user_id=user, run_id=request.path_params["id"], after=after
     )
-    return _json({"events": [e.to_json() for e in events]})
+    answer: EventList = {"events": [e.to_json() for e in events]}
+    return _json(answer)
 
 
+@documented(
+    Operation(
+        "Follow a run as server-sent events: stored after Last-Event-ID (or ?after), then live",
+        {200: None},
+        errors=("validation_error",),
+        params=(
+            Param(
+                "after",
+                "query",
+                "events after this seq (default 0)",
+                {"type": "integer", "minimum": 0},
+            ),
+            Param(
+                "Last-Event-ID", "header", "the seq of the last event received", {"type": "string"}
+            ),
+        ),
+        media={
+            200: {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "id: seq, event: type, data: Event (JSON)",
+                    }
+                }
+            }
+        },
+    )
+)
 async def stream_run(request: Request) -> Response:
     """The run's events as SSE after ``Last-Event-ID`` (or ``?after=N``): stored, then live,
     ending after the final event. Following a run does not own it: leaving cancels nothing."""
@@ -331,10 +499,12 @@ def _seq(raw: str, *, name: str) -> int:
     return int(raw)
 
 
+@documented(Operation("Cancel a running run", {202: RunAnswer}, errors=("conflict",)))
 async def cancel_run(request: Request) -> Response:
     user = await authenticated_user(request, rate_limited=False)
     run = await _chat(request).cancel_run(user_id=user, run_id=request.path_params["id"])
-    return _json({"run": run.to_json()}, 202)
+    answer: RunAnswer = {"run": run.to_json()}
+    return _json(answer, 202)
 
 
 # the chat page
@@ -351,12 +521,60 @@ PAGE_HEADERS = {
 }
 
 
+HTML = {200: {"text/html": {"schema": {"type": "string"}}}}
+
+
+@documented(Operation("The chat page", {200: None}, authenticated=False, media=HTML))
 async def chat_page(_: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
+# Swagger UI sets styles inline.
+DOCS_HEADERS = PAGE_HEADERS | {
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+}
+
+
+# the API's description
+
+ABOUT = (
+    "isochat: a multi-user agent chat backend in which every request is isolated. The public "
+    "contract is docs/api.md; WebSocket /ws (not described here) carries the same events."
+)
+
+
+@documented(
+    Operation(
+        "This document (OpenAPI 3.1)",
+        {200: None},
+        authenticated=False,
+        media={200: {"application/json": {"schema": {"type": "object"}}}},
+    )
+)
+async def openapi_document(request: Request) -> Response:
+    cached: dict[str, Any] | None = getattr(request.app.state, "openapi", None)
+    if cached is None:
+        cached = document(request.app.routes, title="isochat", version=VERSION, about=ABOUT)
+        request.app.state.openapi = cached
+    return _json(cached)
+
+
+@documented(
+    Operation("A page to try the API (Swagger UI)", {200: None}, authenticated=False, media=HTML)
+)
+async def docs_page(_: Request) -> Response:
+    return FileResponse(STATIC / "docs.html", headers=DOCS_HEADERS)
+
+
 ROUTES = [
     Route("/", chat_page, methods=["GET"]),
+    Route("/openapi.json", openapi_document, methods=["GET"]),
+    Route("/docs", docs_page, methods=["GET"]),
+    # Swagger UI's files, from the swagger-ui-bundle package: no CDN.
+    Mount("/docs/assets", app=StaticFiles(directory=swagger_ui_path), name="docs-assets"),
     Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     Route("/health/live", live, methods=["GET"]),
     Route("/health/ready", ready, methods=["GET"]),

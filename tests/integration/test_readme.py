@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import sys
 from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from src.agents.tool import Tool
 from src.container import AppContainer
@@ -86,3 +88,32 @@ async def test_the_websocket_example_runs_as_printed(
     assert lines[-1] == "answer: 2 + 2 = 4"
     assert [line.split()[0] for line in lines[:-1]] == [str(n) for n in range(1, len(lines))]
     assert lines[0].startswith("1 run_started  {'request_id': 'r1'}")
+
+
+@pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq"
+)
+async def test_the_curl_examples_run_as_printed(live_server: str, tmp_path: Path) -> None:
+    """README's "Using it" shell session against a real server: the answer, the replay, the
+    same run as server-sent events to its final event, a background run cancelled (or found
+    ended) and its events streamed."""
+    [code] = blocks(section("Using it"), "sh")
+    script = tmp_path / "using-it.sh"
+    script.write_text("set -euo pipefail\n" + code)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        str(script),
+        env={**os.environ, "API": f"http://{live_server}"},
+        stdout=PIPE,
+        stderr=PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, err.decode()
+    text = out.decode()
+    assert '{"status":"completed","route":"math","answer":"(12 + 3) * 4 = 60"}' in text
+    assert '"run_started"' in text and '"run_completed"' in text
+    sse = text[text.index("id: 1\nevent: run_started") :]
+    assert "event: run_completed\ndata: " in sse and '"content":"2 + 2 = 4"' in sse
+    assert re.search(r'^"(cancelled|conflict)"$', text, re.M)
+    assert re.search(r"^event: run_(cancelled|completed)$", text, re.M)

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from typing_extensions import TypedDict
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -42,6 +44,11 @@ class ToolSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+class UsageJSON(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -53,7 +60,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
         )
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> UsageJSON:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
