@@ -303,16 +303,7 @@ async def list_messages(request: Request) -> Response:
         {200: RunAndAnswer},
         body=NewMessage,
         errors=("run_in_progress",),
-        media={
-            200: {
-                "text/event-stream": {
-                    "schema": {
-                        "type": "string",
-                        "description": "id: seq, event: type, data: Event (JSON)",
-                    }
-                }
-            }
-        },
+        media=EVENT_STREAM,
     )
 )
 async def post_message(request: Request) -> Response:
@@ -420,14 +411,7 @@ async def get_run(request: Request) -> Response:
         "A run's stored events after a seq, in order",
         {200: EventList},
         errors=("validation_error",),
-        params=(
-            Param(
-                "after",
-                "query",
-                "events after this seq (default 0)",
-                {"type": "integer", "minimum": 0},
-            ),
-        ),
+        params=(AFTER,),
     )
 )
 async def list_events(request: Request) -> Response:
@@ -446,26 +430,10 @@ async def list_events(request: Request) -> Response:
         {200: None},
         errors=("validation_error",),
         params=(
-            Param(
-                "after",
-                "query",
-                "events after this seq (default 0)",
-                {"type": "integer", "minimum": 0},
-            ),
-            Param(
-                "Last-Event-ID", "header", "the seq of the last event received", {"type": "string"}
-            ),
+            AFTER,
+            Param("Last-Event-ID", "header", "the seq of the last event received"),
         ),
-        media={
-            200: {
-                "text/event-stream": {
-                    "schema": {
-                        "type": "string",
-                        "description": "id: seq, event: type, data: Event (JSON)",
-                    }
-                }
-            }
-        },
+        media=EVENT_STREAM,
     )
 )
 async def stream_run(request: Request) -> Response:
