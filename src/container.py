@@ -65,7 +65,7 @@ def choose_llm(settings: Settings) -> LLM:
 def choose_broker(settings: Settings) -> EventBroker:
     """The broker ``ISOCHAT_BROKER_URL`` names, chosen once."""
     if settings.broker_kind == "redis":
-        return RedisBroker(settings.broker_url)
+        return RedisBroker(settings.broker_url, prefix=f"{settings.redis_prefix}events:")
     return InProcessBroker()
 
 
@@ -213,7 +213,11 @@ class AppContainer(containers.DeclarativeContainer):
         used=providers.Selector(
             settings.provided.broker_kind,
             memory=providers.Singleton(InProcessUsedTickets),
-            redis=providers.Singleton(RedisUsedTickets, settings.provided.broker_url),
+            redis=providers.Singleton(
+                RedisUsedTickets,
+                settings.provided.broker_url,
+                prefix=providers.Callable("{}ws-ticket:".format, settings.provided.redis_prefix),
+            ),
         ),
     )
     scope_monitor = providers.Singleton(
@@ -228,12 +232,17 @@ class AppContainer(containers.DeclarativeContainer):
         per_minute=settings.provided.rate_limit_per_minute,
         burst=settings.provided.rate_limit_burst,
         storage_url=settings.provided.broker_url,
+        key_prefix=providers.Callable("{}limits".format, settings.provided.redis_prefix),
     )
     # Selected per socket opened (not per request): the lookup costs nothing worth caching.
     socket_counter = providers.Selector(
         settings.provided.broker_kind,
         memory=providers.Singleton(InProcessSocketCounter),
-        redis=providers.Singleton(RedisSocketCounter, settings.provided.broker_url),
+        redis=providers.Singleton(
+            RedisSocketCounter,
+            settings.provided.broker_url,
+            prefix=providers.Callable("{}sockets:".format, settings.provided.redis_prefix),
+        ),
     )
 
     request = providers.Container(

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///./var/isochat.db"
     broker_url: str = "memory://"
+    # Where isochat's keys and channels live in that Redis: deployments that share one Redis
+    # each take a prefix of their own.
+    redis_prefix: str = Field(default="isochat:", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     auth_secret: str = DEVELOPMENT_AUTH_SECRET
     token_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,10 @@ from src.services.database.migrations import upgrade_to_head
 from src.settings import Settings
 from src.web.app import create_app
 from tests.helpers import serving
+
+# One Redis may serve several test runs at once (two `make test` side by side): each run's
+# channels and keys get a prefix of their own, in this process and the servers it starts.
+os.environ.setdefault("ISOCHAT_REDIS_PREFIX", f"isochat-test-{uuid.uuid4().hex[:8]}:")
 
 
 @pytest.fixture

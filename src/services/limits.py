@@ -109,11 +109,18 @@ class RateLimiter:
     """Counts each user's requests against a moving window shared by every worker using
     ``storage_url`` (the broker's URL: ``memory://`` or ``redis://``)."""
 
-    def __init__(self, *, per_minute: int, burst: int, storage_url: str = "memory://") -> None:
+    def __init__(
+        self,
+        *,
+        per_minute: int,
+        burst: int,
+        storage_url: str = "memory://",
+        key_prefix: str = "isochat:limits",
+    ) -> None:
         self._item = RateLimitItemPerSecond(
             burst, window_seconds(per_minute=per_minute, burst=burst), namespace="rate"
         )
-        self._storage, self._pool = _storage_for(storage_url)
+        self._storage, self._pool = _storage_for(storage_url, key_prefix=key_prefix)
         self._strategy = MovingWindowRateLimiter(self._storage)
         self._redis = FailOpen("rate limiter")
 
@@ -141,7 +148,7 @@ class RateLimiter:
             self._pool.disconnect()
 
 
-def _storage_for(url: str) -> tuple[Storage, coredis.ConnectionPool | None]:
+def _storage_for(url: str, *, key_prefix: str) -> tuple[Storage, coredis.ConnectionPool | None]:
     """``limits`` storage for the broker URL, and the Redis pool to close (ours, not the
     library's, so that closing does not depend on its internals)."""
     if url.startswith("memory://"):
@@ -150,9 +157,7 @@ def _storage_for(url: str) -> tuple[Storage, coredis.ConnectionPool | None]:
         url, connect_timeout=REDIS_TIMEOUT_S, stream_timeout=REDIS_TIMEOUT_S
     )
     options: dict[str, Any] = {"connection_pool": pool}
-    storage = RedisStorage(
-        f"async+{url}", wrap_exceptions=True, key_prefix="isochat:limits", **options
-    )
+    storage = RedisStorage(f"async+{url}", wrap_exceptions=True, key_prefix=key_prefix, **options)
     return storage, pool
 
 

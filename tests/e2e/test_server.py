@@ -47,7 +47,11 @@ class Server:
 
 
 def environment(tmp_path: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISOCHAT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ISOCHAT_") or k == "ISOCHAT_REDIS_PREFIX"  # this test run's
+    }
     env |= {
         "ISOCHAT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/var/isochat.db",
         "ISOCHAT_HOST": "127.0.0.1",
