@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from src.services.domain import Event
 
@@ -73,7 +73,7 @@ class InProcessBroker:
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
 
     async def publish(self, user_id: str, event: Event) -> None:
-        self.deliver(user_id, dict(event.to_json()))
+        self.deliver(user_id, cast(Frame, event.to_json()))  # a TypedDict is a dict
 
     def deliver(self, user_id: str, frame: Frame) -> None:
         for subscription in tuple(self._subscriptions.get(user_id, ())):

@@ -192,10 +192,10 @@ class ChatService:
             )
         except RunInProgress as exc:
             self._runs.not_started(run_id)
-            running = await atomic(
-                self._session,
-                lambda s: repo.running_run_id(s, thread_id=thread_id, user_id=user_id),
+            thread = await atomic(
+                self._session, lambda s: repo.get_thread(s, thread_id=thread_id, user_id=user_id)
             )
+            running = None if thread is None else thread.active_run_id
             raise RunInProgress(exc.message, run_id=running) from None
         except BaseException:
             self._runs.not_started(run_id)

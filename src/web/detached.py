@@ -6,7 +6,6 @@ request may end, or its client go away, while the run goes on."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 
 from src.container import AppContainer, request_scope
 from src.logs import bind
@@ -30,8 +29,8 @@ async def start_detached(
                 on_started=started.set_result,
             )
 
-    # Not the caller's scope: a context of its own, in which the run's scope is opened.
-    task = asyncio.create_task(run(), context=contextvars.copy_context())
+    # The task runs in a copy of this context, where it opens the run's own scope.
+    task = asyncio.create_task(run())
     container.runs().adopt(task)
     await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
     if started.done():

@@ -43,7 +43,6 @@ class Operation:
     authenticated: bool = True
     # Other media types an answer may come as, by status: {200: {"text/event-stream": ...}}.
     media: Mapping[int, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
-    description: str = ""
 
 
 def documented(operation: Operation) -> Callable[[E], E]:
@@ -110,8 +109,6 @@ def _operation(route: Route, method: str, op: Operation, schemas: _Schemas) -> d
         ],
         "responses": {},
     }
-    if op.description:
-        out["description"] = op.description
     if op.authenticated:
         out["security"] = [{"bearer": []}]
     if op.body is not None:

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from src.services.broker import EventBroker, Frame, Subscription
 from src.services.chat import ChatService
-from src.services.domain import FINAL_EVENT_TYPES, Event
-
-log = logging.getLogger(__name__)
+from src.services.domain import FINAL_EVENT_TYPES
 
 KEEPALIVE_S = 15.0
 # How often a stream whose subscription fell behind reads the store instead.
@@ -118,6 +115,3 @@ def _follows(frame: Frame, last: int) -> bool:
         and isinstance(frame.get("seq"), int)
         and frame["seq"] <= last + 1
     )
-
-
-__all__ = ["HEADERS", "Event", "follow", "sse", "subscribe"]

@@ -169,15 +169,6 @@ def delete_idle_thread(conn: Connection, *, thread_id: str, user_id: str) -> boo
     return True
 
 
-async def running_run_id(session: AsyncSession, *, thread_id: str, user_id: str) -> str | None:
-    run_id: str | None = await session.scalar(
-        select(RUNS.c.id).where(
-            RUNS.c.thread_id == thread_id, RUNS.c.user_id == user_id, RUNS.c.status == "running"
-        )
-    )
-    return run_id
-
-
 def _page(items: list[Any], limit: int) -> Page[Any]:
     """``items`` (at most one more than ``limit``, fetched to learn whether more follow) as a
     page of ``limit``."""

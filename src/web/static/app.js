@@ -24,7 +24,6 @@ const state = {
   shownRun: null, // the run in the timeline
   socket: null,
   backoffMs: 500,
-  sentRequests: new Set(), // request ids of chats this page sent
 };
 
 class ApiFailure extends Error {
@@ -402,7 +401,6 @@ $("composer").addEventListener("submit", (event) => {
   }
   showError("chat-error", null);
   const requestId = crypto.randomUUID();
-  state.sentRequests.add(requestId);
   state.socket.send(
     JSON.stringify({
       type: "chat",
