@@ -26,6 +26,7 @@ from src.agents.tools import Calculator, ConversationHistory
 from src.agents.triage import Route, TriageAgent, with_routes
 from src.plugins import plug_in, plugin_classes
 from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
+from src.services import drill
 from src.services.auth import InProcessUsedTickets, RedisUsedTickets, TokenService, WsTickets
 from src.services.broker import EventBroker, InProcessBroker
 from src.services.chat import ChatService
@@ -111,6 +112,10 @@ class RequestContainer(containers.DeclarativeContainer):
         )
     )
 
+    # The model the run's agents call: the application's, unless a drill user's message asked
+    # for a fault (then it fails that way; src/services/drill.py).
+    run_llm = providers.Callable(drill.model_for, llm, run_context, session.provider)
+
     # Tools and agents: new at every call, so nothing an agent holds is ever shared with
     # another request.
     calculator = providers.Factory(Calculator)
@@ -119,20 +124,26 @@ class RequestContainer(containers.DeclarativeContainer):
         MathAgent,
         events=emitter,
         tracker=metrics,
-        llm=llm,
+        llm=run_llm,
         usage=usage,
-        tools=providers.List(calculator),
+        # The calculator, or for a drill user's message that asks for it, one that fails.
+        tools=providers.List(providers.Callable(drill.tool_for, calculator, run_context)),
     )
     history_agent = providers.Factory(
         HistoryAgent,
         events=emitter,
         tracker=metrics,
-        llm=llm,
+        llm=run_llm,
         usage=usage,
         tools=providers.List(conversation),
     )
     general_agent = providers.Factory(
-        GeneralAgent, events=emitter, tracker=metrics, llm=llm, usage=usage, history=conversation
+        GeneralAgent,
+        events=emitter,
+        tracker=metrics,
+        llm=run_llm,
+        usage=usage,
+        history=conversation,
     )
     # isochat's routes. A route is what the model is told plus a provider of its agent (only
     # the chosen one is ever built); Route objects hold nothing of a request, so one of each
@@ -152,7 +163,7 @@ class RequestContainer(containers.DeclarativeContainer):
     # (``with_routes(isochat.stock_routes, support=...)``, see src/plugins.py).
     routes = providers.Callable(with_routes, stock_routes)
     triage = providers.Factory(
-        TriageAgent, events=emitter, tracker=metrics, llm=llm, usage=usage, routes=routes
+        TriageAgent, events=emitter, tracker=metrics, llm=run_llm, usage=usage, routes=routes
     )
     supervisor = providers.Factory(
         Supervisor,
@@ -203,7 +214,10 @@ class AppContainer(containers.DeclarativeContainer):
         LeaseKeeper, lease=lease, database=database, runs=runs, broker=broker, metrics=metrics
     )
     tokens = providers.Singleton(
-        TokenService, secret=settings.provided.auth_secret, ttl_s=settings.provided.token_ttl_s
+        TokenService,
+        secret=settings.provided.auth_secret,
+        ttl_s=settings.provided.token_ttl_s,
+        drill_secret=settings.provided.drill_secret,
     )
     # WebSocket tickets are single-use on every worker and host: their uses are recorded where
     # the broker is.

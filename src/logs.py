@@ -187,8 +187,9 @@ class ConsoleFormatter(logging.Formatter):
 def configured_secrets(settings: Settings) -> list[str]:
     """The literal secrets of ``settings`` that must never be logged."""
     secrets = [settings.auth_secret]
-    if settings.llm_api_key:
-        secrets.append(settings.llm_api_key)
+    for secret in (settings.llm_api_key, settings.drill_secret):
+        if secret:
+            secrets.append(secret)
     for url in (settings.database_url, settings.broker_url, settings.llm_base_url or ""):
         try:
             password = urlsplit(url).password

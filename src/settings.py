@@ -34,7 +34,7 @@ DATABASE_DRIVERS = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 # Never echoed in an error: a typo in a secret is still mostly the secret.
-SECRET_FIELDS = frozenset({"auth_secret", "llm_api_key"})
+SECRET_FIELDS = frozenset({"auth_secret", "llm_api_key", "drill_secret"})
 URL_FIELDS = frozenset({"database_url", "broker_url", "llm_base_url"})
 SHOWN_INPUT_CHARS = 60
 # The password of scheme://user:password@host... (SQLAlchemy's own rule: no "@" in it).
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="isochat:", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     auth_secret: str = DEVELOPMENT_AUTH_SECRET
     token_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Set, drills are on: runs of users whose token carries a `drill` claim made with this
+    # secret take fault markers (`isochat drill`, src/services/drill.py). Unset (the default),
+    # nothing can force a fault.
+    drill_secret: str | None = Field(default=None, min_length=32)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -260,7 +264,8 @@ def describe_field(field: FieldInfo) -> str:
     if annotation in (int, float):
         kind = "a whole number" if annotation is int else "a number"
         return f"{kind}{_bounds(field.metadata)}"
-    return "text"
+    shortest = [m.min_length for m in field.metadata if isinstance(m, annotated_types.MinLen)]
+    return f"text of at least {shortest[0]} characters" if shortest else "text"
 
 
 def redact_url(url: str) -> str:

@@ -11,3 +11,5 @@ class RunContext:
     thread_id: str
     user_id: str
     request_id: str | None = None
+    # What a drill user's message asked to go wrong (src/services/drill.py); empty otherwise.
+    faults: frozenset[str] = frozenset()

@@ -19,12 +19,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import jwt
 import redis.exceptions
 from redis.asyncio import Redis
 
+from src.services.drill import DRILL_CLAIM, drill_proof, proves_drill
 from src.services.errors import Unauthorized
 
 USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,200}$")
@@ -44,33 +46,54 @@ def valid_user_id(user_id: str) -> bool:
 VERIFIED_CACHE_SIZE = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a bearer token names: the user, and whether they are a drill user, whose runs take
+    fault markers (only with a drill secret set; see ``src/services/drill.py``)."""
+
+    user_id: str
+    drill: bool = False
+
+
 class TokenService:
-    def __init__(self, *, secret: str, ttl_s: int) -> None:
+    def __init__(self, *, secret: str, ttl_s: int, drill_secret: str | None = None) -> None:
         self._secret = secret
         self._ttl_s = ttl_s
-        self._verified: dict[str, tuple[str, float]] = {}  # token -> (user, exp)
+        self._drill_secret = drill_secret
+        self._verified: dict[str, tuple[Caller, float]] = {}  # token -> (caller, exp)
 
-    def issue(self, user_id: str) -> str:
+    def issue(self, user_id: str, *, drill: bool = False) -> str:
+        """A bearer token for ``user_id``; with ``drill``, a drill user's (the drill secret
+        makes its claim)."""
         if not valid_user_id(user_id):
             raise ValueError("a user id is 1-200 characters of letters, digits and . _ @ -")
         now = int(time.time())
-        return jwt.encode(
-            {"sub": user_id, "iat": now, "exp": now + self._ttl_s}, self._secret, algorithm="HS256"
-        )
+        claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + self._ttl_s}
+        if drill:
+            if self._drill_secret is None:
+                raise ValueError("a drill user's token needs ISOCHAT_DRILL_SECRET")
+            claims[DRILL_CLAIM] = drill_proof(
+                self._drill_secret, user_id=user_id, exp=claims["exp"]
+            )
+        return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def user_of(self, token: str) -> str:
         """The user a valid token names; ``Unauthorized`` for anything else (a WebSocket
         ticket included: PyJWT refuses a token with an audience when none is expected)."""
+        return self.caller_of(token).user_id
+
+    def caller_of(self, token: str) -> Caller:
+        """``user_of``, and whether the token makes a drill user."""
         known = self._verified.get(token)
         if known is not None and time.time() < known[1]:
             return known[0]
-        user, exp = self._verify(token)
+        caller, exp = self._verify(token)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()  # simple and bounded; the next requests verify again
-        self._verified[token] = (user, exp)
-        return user
+        self._verified[token] = (caller, exp)
+        return caller
 
-    def _verify(self, token: str) -> tuple[str, float]:
+    def _verify(self, token: str) -> tuple[Caller, float]:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
@@ -82,7 +105,7 @@ class TokenService:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not valid_user_id(sub):
             raise Unauthorized("the token names no valid user")
-        return sub, float(claims["exp"])
+        return Caller(sub, drill=proves_drill(self._drill_secret, claims)), float(claims["exp"])
 
 
 class TicketCheckUnavailable(Exception):

@@ -23,6 +23,7 @@ from src.services.database.engine import Database, atomic
 from src.services.database.models import utcnow
 from src.services.database.repositories import Page
 from src.services.domain import Event, Message, Run, RunError, Thread
+from src.services.drill import faults_in
 from src.services.errors import Conflict, NotFound, RunInProgress
 from src.services.leases import Lease
 from src.services.runs import RunRegistry
@@ -177,9 +178,11 @@ class ChatService:
         content: str,
         request_id: str | None,
         on_started: Callable[[Run], None] | None = None,
+        drill: bool = False,
     ) -> tuple[Run, Message | None]:
         """Store the message, run the agents to the end, and report the run and its answer.
-        ``on_started`` hears of the run as soon as it is stored, before any agent works."""
+        ``on_started`` hears of the run as soon as it is stored, before any agent works. A
+        drill user's (``drill``) message may ask for faults (src/services/drill.py)."""
         run_id = str(uuid.uuid4())
         self._runs.starting(run_id)
         try:
@@ -203,7 +206,11 @@ class ChatService:
         if on_started is not None:
             on_started(run)
         context = RunContext(
-            run_id=run.id, thread_id=thread_id, user_id=user_id, request_id=request_id
+            run_id=run.id,
+            thread_id=thread_id,
+            user_id=user_id,
+            request_id=request_id,
+            faults=faults_in(content) if drill else frozenset(),
         )
         bind(run_id=run.id, thread_id=thread_id, user_id=user_id)  # the run's task inherits it
         try:

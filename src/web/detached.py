@@ -13,7 +13,13 @@ from src.services.domain import Run
 
 
 async def start_detached(
-    container: AppContainer, *, user_id: str, thread_id: str, content: str, request_id: str
+    container: AppContainer,
+    *,
+    user_id: str,
+    thread_id: str,
+    content: str,
+    request_id: str,
+    drill: bool = False,
 ) -> Run:
     """The run, once stored; what refused it (404, 409, 429, 503) is raised here instead."""
     started: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
@@ -27,6 +33,7 @@ async def start_detached(
                 content=content,
                 request_id=request_id,
                 on_started=started.set_result,
+                drill=drill,
             )
 
     # The task runs in a copy of this context, where it opens the run's own scope.

@@ -16,7 +16,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from src.container import AppContainer
 from src.logs import bind
-from src.services.auth import WsTickets, valid_user_id
+from src.services.auth import Caller, WsTickets, valid_user_id
 from src.services.chat import ChatService
 from src.services.domain import RunJSON, ThreadJSON
 from src.services.errors import Unauthorized
@@ -78,16 +78,21 @@ def _chat(request: Request) -> ChatService:
 async def authenticated_user(request: Request, *, rate_limited: bool = True) -> str:
     """The user the bearer token names, the request counted against their rate limit unless
     ``rate_limited`` is False (a cancel: a user at the limit can still stop their runs)."""
+    return (await authenticated_caller(request, rate_limited=rate_limited)).user_id
+
+
+async def authenticated_caller(request: Request, *, rate_limited: bool = True) -> Caller:
+    """``authenticated_user``, and whether they are a drill user (whose runs take faults)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>")
     container = _container(request)
-    user: str = container.tokens().user_of(token.strip())
-    bind(user_id=user)
+    caller: Caller = container.tokens().caller_of(token.strip())
+    bind(user_id=caller.user_id)
     if rate_limited:
-        await container.rate_limiter().check(user)
-    return user
+        await container.rate_limiter().check(caller.user_id)
+    return caller
 
 
 def _json(data: Any, status_code: int = 200) -> Response:
@@ -309,15 +314,16 @@ async def list_messages(request: Request) -> Response:
 async def post_message(request: Request) -> Response:
     """The run to its end (its Run and answer), or, asked for ``text/event-stream``, its
     events as they come."""
-    user = await authenticated_user(request)
+    caller = await authenticated_caller(request)
     body = await _message_body(request)
     if _wants_event_stream(request):
-        return await _streamed_run(request, user, body)
+        return await _streamed_run(request, caller, body)
     run, message = await _chat(request).send_message(
-        user_id=user,
+        user_id=caller.user_id,
         thread_id=request.path_params["id"],
         content=body.content,
         request_id=request.state.request_id,
+        drill=caller.drill,
     )
     answer: RunAndAnswer = {
         "run": run.to_json(),
@@ -336,14 +342,15 @@ async def post_message(request: Request) -> Response:
 )
 async def start_run(request: Request) -> Response:
     """A background run: 202 with the Run as soon as it is stored; it goes on on its own."""
-    user = await authenticated_user(request)
+    caller = await authenticated_caller(request)
     body = await _message_body(request)
     run = await start_detached(
         _container(request),
-        user_id=user,
+        user_id=caller.user_id,
         thread_id=request.path_params["id"],
         content=body.content,
         request_id=request.state.request_id,
+        drill=caller.drill,
     )
     answer: RunAnswer = {"run": run.to_json()}
     return _json(answer, 202)
@@ -360,12 +367,13 @@ def _wants_event_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def _streamed_run(request: Request, user: str, body: NewMessage) -> Response:
+async def _streamed_run(request: Request, caller: Caller, body: NewMessage) -> Response:
     """Subscribed first, then the run started apart from this request: its events stream from
     the first; if the client goes away first, the run is cancelled unless ``on_disconnect``
     says ``continue``."""
     container = _container(request)
     broker = container.broker()
+    user = caller.user_id
     subscription = await sse.subscribe(broker, user)
     try:
         run = await start_detached(
@@ -374,6 +382,7 @@ async def _streamed_run(request: Request, user: str, body: NewMessage) -> Respon
             thread_id=request.path_params["id"],
             content=body.content,
             request_id=request.state.request_id,
+            drill=caller.drill,
         )
     except BaseException:
         await broker.unsubscribe(subscription)

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from src.container import AppContainer, request_scope
 from src.logs import bind, log_failure
-from src.services.auth import TicketCheckUnavailable, WsTickets
+from src.services.auth import Caller, TicketCheckUnavailable, WsTickets
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
@@ -54,17 +54,18 @@ def _bearer_subprotocol(websocket: WebSocket) -> str | None:
     return others[0] if others else ""
 
 
-async def _user_of(websocket: WebSocket, container: AppContainer) -> str:
+async def _caller_of(websocket: WebSocket, container: AppContainer) -> Caller:
     """The user the socket authenticates as, by the first of: ``Authorization: Bearer``, the
     ``isochat.bearer`` subprotocol, a ``ticket`` (single use), a ``token`` in the query (kept
-    for clients that have nothing else; redacted from every log line)."""
+    for clients that have nothing else; redacted from every log line). A ticket never makes a
+    drill user: drills authenticate with their token."""
     header = websocket.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         token = _bearer_subprotocol(websocket) or ""
     if not token.strip() and (ticket := websocket.query_params.get("ticket", "").strip()):
         tickets: WsTickets = container.ws_tickets()
-        return await tickets.redeem(ticket)
+        return Caller(await tickets.redeem(ticket))
     if not token.strip():
         token = websocket.query_params.get("token", "")
     if not token.strip():
@@ -72,8 +73,8 @@ async def _user_of(websocket: WebSocket, container: AppContainer) -> str:
             "send Authorization: Bearer <token>, the subprotocols isochat.bearer and <token>, "
             "or ?ticket=<ticket from POST /api/auth/ws-ticket>"
         )
-    user: str = container.tokens().user_of(token.strip())
-    return user
+    caller: Caller = container.tokens().caller_of(token.strip())
+    return caller
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -83,7 +84,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     offered = _bearer_subprotocol(websocket) is not None
     await websocket.accept(subprotocol=BEARER_SUBPROTOCOL if offered else None)
     try:
-        user_id = await _user_of(websocket, container)
+        caller = await _caller_of(websocket, container)
     except Unauthorized:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
         return
@@ -92,6 +93,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         # (a replay must not pass); the client retries with a new ticket.
         await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="cannot check tickets now; retry")
         return
+    user_id = caller.user_id
     bind(user_id=user_id)
     limit = container.settings().max_ws_connections_per_user
     counter: SocketCounter = container.socket_counter()
@@ -103,7 +105,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     renewing = asyncio.create_task(_keep_counted(counter, user_id, socket_id))
     try:
-        await Connection(websocket, user_id=user_id, container=container).serve()
+        await Connection(websocket, caller=caller, container=container).serve()
     finally:
         renewing.cancel()
         await asyncio.wait((renewing,))
@@ -120,9 +122,10 @@ async def _keep_counted(counter: SocketCounter, user_id: str, socket_id: str) ->
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, *, user_id: str, container: AppContainer) -> None:
+    def __init__(self, websocket: WebSocket, *, caller: Caller, container: AppContainer) -> None:
         self._websocket = websocket
-        self._user_id = user_id
+        self._user_id = caller.user_id
+        self._drill = caller.drill
         self._container = container
         settings = container.settings()
         self._max_bytes = settings.max_body_bytes
@@ -228,6 +231,7 @@ class Connection:
                 thread_id=frame.thread_id,
                 content=frame.content,
                 request_id=request_id,
+                drill=self._drill,
             ),
             outbox,
             request_id=frame.request_id,

@@ -58,3 +58,19 @@ def test_a_token_verified_before_still_expires() -> None:
         time.sleep(0.1)
     with pytest.raises(Unauthorized, match="expired"):
         tokens.user_of(token)
+
+
+def test_only_a_claim_made_with_the_drill_secret_makes_a_drill_user() -> None:
+    """A drill user's token is a normal token for its user; it makes a drill user only where
+    the same drill secret is set, and never where none is."""
+    drill_secret = "d" * 40
+    maker = TokenService(secret=SECRET, ttl_s=60, drill_secret=drill_secret)
+    token = maker.issue("drill-1", drill=True)
+    assert maker.caller_of(token).drill
+    assert maker.caller_of(maker.issue("drill-1")).drill is False
+    elsewhere = TokenService(secret=SECRET, ttl_s=60, drill_secret="e" * 40)
+    assert elsewhere.caller_of(token).user_id == "drill-1"
+    assert elsewhere.caller_of(token).drill is False
+    assert TokenService(secret=SECRET, ttl_s=60).caller_of(token).drill is False
+    with pytest.raises(ValueError, match="ISOCHAT_DRILL_SECRET"):
+        TokenService(secret=SECRET, ttl_s=60).issue("drill-1", drill=True)

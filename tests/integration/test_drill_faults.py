@@ -1,0 +1,206 @@
+"""Drill faults: a deployment with ISOCHAT_DRILL_SECRET fails a drill user's run the way its
+message asks, over every way a run starts; nobody else can force a fault, and without the
+setting nobody at all can."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from starlette.applications import Starlette
+
+from src.container import AppContainer, build_container, shutdown
+from src.services.auth import TokenService
+from src.services.database.migrations import upgrade_to_head
+from src.services.drill import DRILL_CLAIM, drill_proof
+from src.settings import DEVELOPMENT_AUTH_SECRET, Settings
+from src.web.app import create_app
+from tests.helpers import NO_LEAKS, leaks_once_settled, new_thread, send
+from tests.ws import AsgiSocket
+
+DRILL_SECRET = "d" * 40
+QUESTION = "what is 6 * 7?"
+
+
+def drill_token(user_id: str, *, secret: str = DRILL_SECRET) -> str:
+    """A drill user's token, as `isochat drill` makes it (with ``secret`` as the drill
+    secret)."""
+    tokens = TokenService(secret=DEVELOPMENT_AUTH_SECRET, ttl_s=600, drill_secret=secret)
+    return tokens.issue(user_id, drill=True)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def serve(tmp_path: Path, **settings: Any) -> tuple[AppContainer, Starlette]:
+    config = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db", _env_file=None, **settings
+    )
+    await asyncio.to_thread(upgrade_to_head, config.database_url)
+    container = build_container(config)
+    return container, create_app(container)
+
+
+@dataclass
+class Deployment:
+    container: AppContainer
+    app: Starlette
+    client: httpx.AsyncClient
+
+
+@pytest.fixture
+async def drills(tmp_path: Path) -> AsyncIterator[Deployment]:
+    """A deployment with drills on (and a run deadline short enough to wait for)."""
+    container, app = await serve(tmp_path, drill_secret=DRILL_SECRET, run_timeout_s=1.0)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://isochat.test") as client:
+        yield Deployment(container, app, client)
+    await shutdown(container)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ("agent", "agent_error"),
+        ("db", "database_error"),
+        ("llm", "llm_error"),
+        ("tool", "tool_error"),
+        ("hang", "timeout"),
+    ],
+)
+async def test_a_drill_users_run_fails_the_way_its_marker_asks(
+    drills: Deployment, fault: str, code: str
+) -> None:
+    client = drills.client
+    headers = bearer(drill_token("drill-a"))
+    thread = await new_thread(client, headers)
+    body = await send(client, headers, thread, f"[drill:{fault}] {QUESTION}")
+    assert body["run"]["status"] == "failed"
+    assert body["run"]["error"]["code"] == code
+    assert body["message"] is None
+    # The run is over for good: the thread takes the next message, which answers.
+    again = await send(client, headers, thread, QUESTION)
+    assert again["message"]["content"] == "6 * 7 = 42"
+    assert await leaks_once_settled(drills.container) == NO_LEAKS | {"ws_connections": 0}
+
+
+async def test_a_drill_fault_reaches_background_and_websocket_runs(
+    drills: Deployment,
+) -> None:
+    """The claim travels with the token into runs started in the background and over /ws."""
+    client = drills.client
+    token = drill_token("drill-b")
+    thread = await new_thread(client, bearer(token))
+    started = await client.post(
+        f"/api/threads/{thread}/runs", json={"content": "[drill:llm] hi"}, headers=bearer(token)
+    )
+    assert started.status_code == 202
+    run_id = started.json()["run"]["id"]
+    for _ in range(500):
+        run = (await client.get(f"/api/runs/{run_id}", headers=bearer(token))).json()
+        if run["status"] != "running":
+            break
+        await asyncio.sleep(0.01)
+    assert run["error"]["code"] == "llm_error"
+
+    async with AsgiSocket(drills.app, token=token) as socket:
+        chat = {"type": "chat", "thread_id": thread, "content": "[drill:db] hi"}
+        await socket.send(json.dumps(chat))
+        while (frame := await socket.recv())["type"] != "run_failed":
+            pass
+    assert frame["data"]["error"]["code"] == "database_error"
+
+
+async def test_a_hung_drill_run_ends_when_cancelled(
+    drills: Deployment,
+) -> None:
+    client = drills.client
+    headers = bearer(drill_token("drill-c"))
+    thread = await new_thread(client, headers)
+    started = await client.post(
+        f"/api/threads/{thread}/runs", json={"content": "[drill:hang] hi"}, headers=headers
+    )
+    run_id = started.json()["run"]["id"]
+    # The hang is in the triage agent's model call, after agent_started is stored.
+    for _ in range(500):
+        events = (await client.get(f"/api/runs/{run_id}/events", headers=headers)).json()
+        if any(e["type"] == "agent_started" for e in events["events"]):
+            break
+        await asyncio.sleep(0.01)
+    cancel = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
+    assert cancel.status_code == 202
+    for _ in range(500):
+        run = (await client.get(f"/api/runs/{run_id}", headers=headers)).json()
+        if run["status"] != "running":
+            break
+        await asyncio.sleep(0.01)
+    assert run["status"] == "cancelled"
+
+
+def forged_tokens(user_id: str) -> dict[str, str]:
+    """Tokens of ``user_id`` that look like a drill user's but are not."""
+    now = int(time.time())
+    exp = now + 600
+
+    def signed(claims: dict[str, Any]) -> str:
+        return jwt.encode(
+            {"sub": user_id, "iat": now, "exp": exp, **claims},
+            DEVELOPMENT_AUTH_SECRET,
+            algorithm="HS256",
+        )
+
+    return {
+        "no claim": signed({}),
+        "claim by another secret": signed(
+            {DRILL_CLAIM: drill_proof("x" * 40, user_id=user_id, exp=exp)}
+        ),
+        "another user's claim": signed(
+            {DRILL_CLAIM: drill_proof(DRILL_SECRET, user_id="drill-z", exp=exp)}
+        ),
+        "another expiry's claim": signed(
+            {DRILL_CLAIM: drill_proof(DRILL_SECRET, user_id=user_id, exp=exp + 1)}
+        ),
+        "claim true": signed({DRILL_CLAIM: True}),
+    }
+
+
+async def test_a_normal_users_markers_are_plain_text_even_with_drills_on(
+    drills: Deployment,
+) -> None:
+    """dev-login's token, and tokens whose claim is not the drill secret's proof for exactly
+    that token: every fault marker is just text, and the run answers."""
+    client = drills.client
+    login = await client.post("/api/auth/dev-login", json={"user_id": "mallory"})
+    tokens = {"dev-login": login.json()["token"], **forged_tokens("mallory")}
+    for how, token in tokens.items():
+        headers = bearer(token)
+        thread = await new_thread(client, headers)
+        for fault in ("agent", "db", "llm", "tool", "hang"):
+            body = await send(client, headers, thread, f"[drill:{fault}] {QUESTION}")
+            assert body["run"]["status"] == "completed", (how, fault, body["run"])
+
+
+async def test_without_a_drill_secret_nothing_can_force_a_fault(tmp_path: Path) -> None:
+    """A deployment without ISOCHAT_DRILL_SECRET ignores markers, even from a token whose
+    claim a drill secret made."""
+    container, app = await serve(tmp_path)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://isochat.test") as client:
+            headers = bearer(drill_token("drill-d"))
+            thread = await new_thread(client, headers)
+            for fault in ("agent", "db", "llm", "tool", "hang"):
+                body = await send(client, headers, thread, f"[drill:{fault}] {QUESTION}")
+                assert body["run"]["status"] == "completed", (fault, body["run"])
+                assert body["message"]["content"] == "6 * 7 = 42"
+    finally:
+        await shutdown(container)
