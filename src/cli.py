@@ -1,4 +1,4 @@
-"""``isochat serve | migrate | token USER_ID``."""
+"""``isochat serve | migrate | token USER_ID | drill --url URL ...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from src.drill import runner as drill_runner
 from src.logs import configured_secrets, logging_config
 from src.plugins import BadPlugin, plugin_classes
 from src.services.auth import TokenService
@@ -41,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply pending migrations only")
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user_id")
+    drill = commands.add_parser(
+        "drill",
+        help="prove isolation on a live deployment: healthy users beside failing ones",
+        description="Drive a deployment over its API and WebSocket: healthy users alone, then "
+        "beside drill users whose runs fail on purpose; report what reached whom, how every "
+        "run ended, and what was left behind. Exit 0 when everything was contained, 1 when "
+        "not, 2 for bad options, 3 when the drill could not run.",
+    )
+    drill_runner.add_arguments(drill)
     args = parser.parse_args(argv)
 
     try:
@@ -64,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"isochat: {exc}", file=sys.stderr)
             return 2
         return 0
+
+    if args.command == "drill":
+        # A client of the deployment: it signs its users' tokens, and touches no database.
+        return drill_runner.main(
+            args, auth_secret=settings.auth_secret, drill_secret=settings.drill_secret
+        )
 
     if args.command == "serve":
         # Before anything is touched: a team's container that cannot be imported is a setting

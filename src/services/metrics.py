@@ -14,6 +14,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -32,6 +33,10 @@ class Metrics:
         self._agent_refs: set[weakref.ref[object]] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        if multiprocess_dir is None:
+            # process_resident_memory_bytes and the rest of the standard process metrics (with
+            # several workers they would be only the answering worker's: left out).
+            ProcessCollector(registry=r)
         self.request_scopes_open = Gauge(
             "isochat_request_scopes_open", "Request scopes opened and not yet disposed",
             registry=r, multiprocess_mode="livesum",

@@ -5,6 +5,7 @@ setting nobody at all can."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import AsyncIterator
@@ -204,3 +205,23 @@ async def test_without_a_drill_secret_nothing_can_force_a_fault(tmp_path: Path) 
                 assert body["message"]["content"] == "6 * 7 = 42"
     finally:
         await shutdown(container)
+
+
+async def test_a_database_error_leaves_no_agent_for_the_garbage_collector(
+    drills: Deployment,
+) -> None:
+    """SQLAlchemy's exception sits in a cycle with its own frame; the run's agents and session
+    must not wait in it for a collection that an idle server may not run for a long while."""
+    client = drills.client
+    headers = bearer(drill_token("drill-e"))
+    thread = await new_thread(client, headers)
+    gc.collect()
+    gc.disable()
+    try:
+        body = await send(client, headers, thread, f"[drill:db] {QUESTION}")
+        assert body["run"]["error"]["code"] == "database_error"
+        metrics = drills.container.metrics()
+        assert metrics.value("isochat_agent_instances_live") == 0
+        assert metrics.value("isochat_db_sessions_open") == 0
+    finally:
+        gc.enable()
