@@ -1,8 +1,9 @@
-"""asyncio helpers shared by the scope and the database layer."""
+"""asyncio helpers shared by the scope, the database layer and the runs."""
 
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -45,3 +46,18 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark the outcome of abandoned work as seen: nobody is left to await it."""
     if not task.cancelled():
         task.exception()
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames ``exc`` (and what caused it) went through, so
+    that the exception no longer keeps a run's agents and session alive. Two ways it would:
+    SQLAlchemy keeps the exception it raises in a local of the frame that raised it (a cycle
+        that waits for a full garbage collection, which an idle server may not run for a long
+    while), and a cancel that a socket's close sends through a run ends up in such a cycle
+    too."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)  # frames still running are kept
+        current = current.__cause__ or current.__context__

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
@@ -17,6 +16,7 @@ from src.agents.context import RunContext
 from src.agents.loop import StepLimitReached
 from src.agents.tool import ToolError
 from src.agents.triage import FALLBACK_ROUTE, Route
+from src.aio import release_frames
 from src.logs import log_failure
 from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
 from src.services.domain import Message, Run, RunError
@@ -24,21 +24,6 @@ from src.services.events import EventEmitter, RunAlreadyFinished
 from src.services.llm import LLMError, LLMTimeout
 
 log = logging.getLogger(__name__)
-
-
-def release_frames(exc: BaseException) -> None:
-    """Clear the locals of the frames ``exc`` (and what caused it) went through. SQLAlchemy
-    keeps the exception it raises in a local of the frame that raised it, so the exception,
-    its traceback and that frame form a cycle, which holds every frame of the run on the way,
-    and with them the run's agents and session, until the next full garbage collection (on an
-    idle server, a long while): ``isochat_agent_instances_live`` would stay up after every
-    ``database_error``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        traceback.clear_frames(current.__traceback__)  # frames still running are kept
-        current = current.__cause__ or current.__context__
 
 
 class RunMetrics(Protocol):

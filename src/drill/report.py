@@ -104,7 +104,12 @@ def build_report(found: Findings) -> Report:
         Check("cross-user frames", str(cross), cross == 0),
         Check("seq gaps (live and stored)", str(seq), seq == 0),
         Check("faulty runs ended as their fault says", f"{as_expected}/{len(faulty)}",
-              as_expected == len(faulty) and not unexercised),
+              as_expected == len(faulty)),
+        Check("fault kinds exercised",
+              f"{len(by_kind) - len(unexercised)}/{len(by_kind)}"
+              + (f" (not {', '.join(unexercised)}: more --duration or --faulty)"
+                 if unexercised else ""),
+              not unexercised),
         Check("gauges back on every host", "yes" if not unsettled else ", ".join(unsettled),
               not unsettled),
         Check("runs left running", str(found.runs_left_running), found.runs_left_running == 0),

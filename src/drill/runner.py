@@ -181,6 +181,7 @@ class Drill:
         self._clients = [UserClient(user, self._http) for user in users]
         self._problems: list[str] = []
         self._rate_limited = 0  # messages the rate limit refused, sent again
+        self._counts: dict[TaskID, tuple[int, int]] = {}  # runs ended, not as expected
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -347,10 +348,10 @@ class Drill:
             record.problem = f"POST {path} answered {response.status_code}"
 
     def _count(self, task: TaskID, record: RunRecord) -> None:
-        expected = EXPECTED[record.kind]
-        off = (record.status, record.code) != expected
-        fields = self._progress.tasks[task].fields if task in self._progress.task_ids else {}
-        self._progress.update(task, runs=fields.get("runs", 0) + 1, off=fields.get("off", 0) + off)
+        runs, off = self._counts.get(task, (0, 0))
+        runs, off = runs + 1, off + ((record.status, record.code) != EXPECTED[record.kind])
+        self._counts[task] = (runs, off)
+        self._progress.update(task, runs=runs, off=off)
 
     # 5: after the load
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.context import RunContext
+from src.aio import release_frames
 from src.logs import bind, log_failure
 from src.services import ledger
 from src.services.broker import EventBroker
@@ -227,10 +228,15 @@ class ChatService:
         message: Message | None = None
         try:
             message = await task
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancel:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # this request itself is being cancelled, not only its run
+                # This request itself is being cancelled, not only its run. The cancel and
+                # the frames it went through, this one included, form a cycle (see
+                # release_frames): not one that keeps the run's agents.
+                release_frames(cancel)
+                del agents, task
+                raise
         # The terminal write returned the run; read it only when someone else ended it.
         ended = agents.final_run or await self.get_run(user_id=user_id, run_id=run.id)
         if message is None and ended.status == "completed":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from tests.helpers import asyncpg_url, fresh_postgres_database, reachable_redis
 
 pytestmark = pytest.mark.e2e
 
+README = Path(__file__).parents[2] / "README.md"
 DRILL_SECRET = "drill-secret-" + "x" * 32
 RUN_TIMEOUT_S = "2"  # a hung run ends this soon: the drill waits for it
 # Small and short, but every fault kind comes round: 3 faulty users take the 7 kinds in turn.
@@ -177,3 +179,32 @@ async def test_two_hosts_on_postgres_and_redis_are_reported_contained(
         finally:
             await connection.close()
         assert left == 0
+
+
+async def test_the_readme_drill_runs_as_printed(tmp_path: Path, started: Processes) -> None:
+    """README's "Drills" command against a real server, from the project's root: the table,
+    every check ok, and "contained"."""
+    text = README.read_text()
+    section = text[text.index("### Drills\n") : text.index("\n## ", text.index("### Drills\n"))]
+    [command] = re.findall(r"```sh\n(.*?)```", section, re.S)
+    server = await serving(started, "readme", **DRILLING_ENV)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        "set -euo pipefail\n" + command,
+        env=environment(tmp_path, free_port()) | DRILLING_ENV | {"API": server.url},
+        cwd=README.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode == 0, err.decode()
+    report = out.decode()
+    for check in (
+        "healthy runs completed", "cross-user frames", "seq gaps (live and stored)",
+        "faulty runs ended as their fault says", "fault kinds exercised",
+        "gauges back on every host",
+        "runs left running", "drill threads left",
+    ):  # fmt: skip
+        assert re.search(rf"│ {re.escape(check)} +│ +[^│]+ │ ok │", report), (check, report)
+    assert report.rstrip().endswith("contained")

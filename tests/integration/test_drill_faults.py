@@ -225,3 +225,32 @@ async def test_a_database_error_leaves_no_agent_for_the_garbage_collector(
         assert metrics.value("isochat_db_sessions_open") == 0
     finally:
         gc.enable()
+
+
+async def test_a_run_cancelled_by_its_sockets_close_leaves_no_agent_for_the_collector(
+    drills: Deployment,
+) -> None:
+    """The cancel outlives the run, in a cycle with the frames it went through; the run's
+    agents must not wait in it for a collection an idle server may not run for a long while."""
+    token = drill_token("drill-f")
+    thread = await new_thread(drills.client, bearer(token))
+    metrics = drills.container.metrics()
+    gc.collect()
+    gc.disable()
+    try:
+        async with AsgiSocket(drills.app, token=token) as socket:
+            chat = {"type": "chat", "thread_id": thread, "content": "[drill:hang] hi"}
+            await socket.send(json.dumps(chat))
+            while (await socket.recv())["type"] != "agent_started":
+                pass
+        # Polling: the run's teardown after the close has no event to wait on from here.
+        for _ in range(500):
+            if not len(drills.container.runs()) and not metrics.value(
+                "isochat_request_scopes_open"
+            ):
+                break
+            await asyncio.sleep(0.01)
+        assert metrics.value("isochat_request_scopes_open") == 0
+        assert metrics.value("isochat_agent_instances_live") == 0
+    finally:
+        gc.enable()
