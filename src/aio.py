@@ -52,7 +52,7 @@ def release_frames(exc: BaseException) -> None:
     """Clear the locals of the finished frames ``exc`` (and what caused it) went through, so
     that the exception no longer keeps a run's agents and session alive. Two ways it would:
     SQLAlchemy keeps the exception it raises in a local of the frame that raised it (a cycle
-        that waits for a full garbage collection, which an idle server may not run for a long
+    that waits for a full garbage collection, which an idle server may not run for a long
     while), and a cancel that a socket's close sends through a run ends up in such a cycle
     too."""
     seen: set[int] = set()
