@@ -59,6 +59,7 @@ from src.scoping import ScopeValue, current_scope
 from src.services.broker import EventBroker
 from src.services.chat import ChatService
 from src.services.database.engine import Database
+from src.services.drill import model_for, tool_for
 from src.services.events import EventEmitter
 from src.services.leases import Lease
 from src.services.llm import LLM
@@ -86,12 +87,23 @@ REQUEST_PROVIDERS = (
     "agents_for",
     "chat",
 )
-# Resolved as part of another provider of the list, not on its own: `routes` is built from it.
-BUILT_INTO_OTHERS = frozenset({"stock_routes"})
+# Resolved as part of another provider of the list, not on its own: `routes` is built from
+# stock_routes, every agent from run_llm.
+BUILT_INTO_OTHERS = frozenset({"stock_routes", "run_llm"})
 APPROACHES = ("isochat", "dishka", "manual")
 RUN_CONTEXT = RunContext(run_id="run-1", thread_id="thread-1", user_id="user-1", request_id="r-1")
 
 Routes = Mapping[str, Route]
+
+
+@dataclass(frozen=True, slots=True)
+class RunLLM:
+    """The model as each agent gets it (see ``RequestObjects.llm``), in a type of its own: dishka
+    tells providers apart by type."""
+
+    model: LLM
+
+
 Iteration = Callable[[], Awaitable[None]]
 # Where an iteration leaves what it resolved, for the check that all three build the same graph
 # (None while measuring: the objects are dropped with the scope).
@@ -159,11 +171,15 @@ class RequestObjects:
     def conversation(self) -> ConversationHistory:
         return ConversationHistory(session=self.session, context=self.context)
 
+    def llm(self) -> LLM:
+        # What each agent calls: the app's model unless the run asks for a drill fault.
+        return model_for(self.app.llm, self.context, lambda: self.session)
+
     def triage(self) -> TriageAgent:
         return TriageAgent(
             events=self.emitter,
             tracker=self.app.metrics,
-            llm=self.app.llm,
+            llm=self.llm(),
             usage=self.usage,
             routes=self.routes(),
         )
@@ -172,16 +188,16 @@ class RequestObjects:
         return MathAgent(
             events=self.emitter,
             tracker=self.app.metrics,
-            llm=self.app.llm,
+            llm=self.llm(),
             usage=self.usage,
-            tools=[Calculator()],
+            tools=[tool_for(Calculator(), self.context)],
         )
 
     def history_agent(self) -> HistoryAgent:
         return HistoryAgent(
             events=self.emitter,
             tracker=self.app.metrics,
-            llm=self.app.llm,
+            llm=self.llm(),
             usage=self.usage,
             tools=[self.conversation()],
         )
@@ -190,7 +206,7 @@ class RequestObjects:
         return GeneralAgent(
             events=self.emitter,
             tracker=self.app.metrics,
-            llm=self.app.llm,
+            llm=self.llm(),
             usage=self.usage,
             history=self.conversation(),
         )
@@ -311,6 +327,10 @@ class BenchProvider(Provider):
         return RequestObjects(app, context, session, usage, emitter)
 
     @provide(scope=Scope.REQUEST, cache=False)
+    def run_llm(self, llm: LLM, context: RunContext, session: AsyncSession) -> RunLLM:
+        return RunLLM(model_for(llm, context, lambda: session))
+
+    @provide(scope=Scope.REQUEST, cache=False)
     def calculator(self) -> Calculator:
         return Calculator()
 
@@ -323,33 +343,44 @@ class BenchProvider(Provider):
         self,
         emitter: EventEmitter,
         metrics: Metrics,
-        llm: LLM,
+        llm: RunLLM,
         usage: RunUsage,
         calculator: Calculator,
+        context: RunContext,
     ) -> MathAgent:
-        return MathAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, tools=[calculator])
+        return MathAgent(
+            events=emitter,
+            tracker=metrics,
+            llm=llm.model,
+            usage=usage,
+            tools=[tool_for(calculator, context)],
+        )
 
     @provide(scope=Scope.REQUEST, cache=False)
     def history_agent(
         self,
         emitter: EventEmitter,
         metrics: Metrics,
-        llm: LLM,
+        llm: RunLLM,
         usage: RunUsage,
         history: ConversationHistory,
     ) -> HistoryAgent:
-        return HistoryAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, tools=[history])
+        return HistoryAgent(
+            events=emitter, tracker=metrics, llm=llm.model, usage=usage, tools=[history]
+        )
 
     @provide(scope=Scope.REQUEST, cache=False)
     def general_agent(
         self,
         emitter: EventEmitter,
         metrics: Metrics,
-        llm: LLM,
+        llm: RunLLM,
         usage: RunUsage,
         history: ConversationHistory,
     ) -> GeneralAgent:
-        return GeneralAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, history=history)
+        return GeneralAgent(
+            events=emitter, tracker=metrics, llm=llm.model, usage=usage, history=history
+        )
 
     @provide(scope=Scope.REQUEST, cache=False)
     def routes(self, objects: RequestObjects) -> Routes:
@@ -358,9 +389,11 @@ class BenchProvider(Provider):
 
     @provide(scope=Scope.REQUEST, cache=False)
     def triage(
-        self, emitter: EventEmitter, metrics: Metrics, llm: LLM, usage: RunUsage, routes: Routes
+        self, emitter: EventEmitter, metrics: Metrics, llm: RunLLM, usage: RunUsage, routes: Routes
     ) -> TriageAgent:
-        return TriageAgent(events=emitter, tracker=metrics, llm=llm, usage=usage, routes=routes)
+        return TriageAgent(
+            events=emitter, tracker=metrics, llm=llm.model, usage=usage, routes=routes
+        )
 
     @provide(scope=Scope.REQUEST, cache=False)
     def supervisor(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -182,6 +183,7 @@ class Drill:
         self._problems: list[str] = []
         self._rate_limited = 0  # messages the rate limit refused, sent again
         self._counts: dict[TaskID, tuple[int, int]] = {}  # runs ended, not as expected
+        self._threads_deleted = False
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -214,6 +216,9 @@ class Drill:
                 after = await self._settle(before)
         finally:
             await self._close_sockets()
+            if not self._threads_deleted:  # stopped early (an error, Ctrl-C): still tidy up
+                with contextlib.suppress(Exception):
+                    await self._delete_threads()
             for client in self._http.values():
                 await client.aclose()
         return build_report(
@@ -411,6 +416,7 @@ class Drill:
 
     async def _delete_threads(self) -> int:
         """Delete every drill thread; how many are left (each user lists their own)."""
+        self._threads_deleted = True
         left = 0
         for client in self._clients:
             if client.user.thread_id:
