@@ -42,9 +42,7 @@ class RunRecord:
     ended_at: float | None = None  # when its final event first arrived
     status: str | None = None
     code: str | None = None
-    answer: str | None = None
     problem: str | None = None  # what kept it from starting or from being seen to end
-    started: asyncio.Event = field(default_factory=asyncio.Event)  # run_started seen
     working: asyncio.Event = field(default_factory=asyncio.Event)  # an agent is at work
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # final event or refusal seen
 
@@ -56,11 +54,11 @@ class RunRecord:
     def latency_s(self) -> float | None:
         return None if self.ended_at is None else self.ended_at - self.sent_at
 
-    def end(self, *, status: str | None, code: str | None, answer: str | None = None) -> None:
+    def end(self, *, status: str | None, code: str | None) -> None:
         if self.ended.is_set():
             return
         self.ended_at = time.monotonic()
-        self.status, self.code, self.answer = status, code, answer
+        self.status, self.code = status, code
         self.ended.set()
 
 
@@ -98,6 +96,11 @@ class UserClient:
         self._by_request: dict[str, RunRecord] = {}
         self._by_run: dict[str, RunRecord] = {}
         self.records: list[RunRecord] = []
+
+    @property
+    def run_ids(self) -> set[str]:
+        """The runs this user's messages started (learnt from their ``run_started``)."""
+        return set(self._by_run)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -146,7 +149,7 @@ class UserClient:
         if kind == "error":
             record = self._by_request.get(str(frame.get("request_id")))
             if record is not None and record.run_id is None:
-                error = frame.get("error") or {}
+                error = _object(frame.get("error"))
                 record.problem = f"refused: {error.get('code')}: {error.get('message')}"
                 record.end(status=None, code=error.get("code"))
             return
@@ -156,17 +159,14 @@ class UserClient:
             if record is not None and record.run_id is None:
                 record.run_id = run_id
                 self._by_run[run_id] = record
-                self.user.run_ids.add(run_id)
-                record.started.set()
         record = self._by_run.get(run_id) if isinstance(run_id, str) else None
         if record is None:
             return
         if kind == "agent_started":
             record.working.set()
         if kind in FINAL_EVENT_TYPES:
-            error, message = _object(data.get("error")), _object(data.get("message"))
             status = {"run_completed": "completed", "run_failed": "failed"}.get(kind, "cancelled")
-            record.end(status=status, code=error.get("code"), answer=message.get("content"))
+            record.end(status=status, code=_object(data.get("error")).get("code"))
 
     # runs
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from src.services.drill import marker
+from src.services.drill import FAULTS, marker
 
 HEALTHY = "healthy"
 # Faults the server injects (src/services/drill.py), and two the drill makes itself: it drops
 # the socket of a run in flight, or cancels it (each on a run the server holds with a hang).
-SERVER_FAULTS = ("agent", "tool", "llm", "db", "hang")
+SERVER_FAULTS = FAULTS
 CLIENT_FAULTS = ("disconnect", "cancel")
 KINDS = SERVER_FAULTS + CLIENT_FAULTS
 
@@ -54,7 +54,6 @@ class DrillUser:
     token: str = ""
     thread_id: str = ""
     runs_sent: int = 0
-    run_ids: set[str] = field(default_factory=set)
 
     def next_operand(self) -> int:
         """A number no other run of this drill names."""
@@ -94,7 +93,3 @@ def make_users(hosts: list[str], *, users: int, faulty_share: float) -> list[Dri
             )
         )
     return made
-
-
-def users_prefix(users: list[DrillUser]) -> str:
-    return users[0].user_id.rsplit("-", 1)[0] + "-"

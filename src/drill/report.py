@@ -79,7 +79,12 @@ class Report:
             table.add_row(check.name, check.value, "ok" if check.ok else "[bold red]FAIL[/]")
         console.print(table)
         console.print(_details(self.figures))
-        console.print("[bold green]contained[/]" if self.ok else "[bold red]containment failed[/]")
+        failed = [check.name for check in self.checks if not check.ok]
+        console.print(
+            f"[bold red]containment failed[/]: {', '.join(failed)}"
+            if failed
+            else "[bold green]contained[/]"
+        )
 
 
 def build_report(found: Findings) -> Report:
@@ -89,7 +94,7 @@ def build_report(found: Findings) -> Report:
     completed = sum(1 for r in healthy if r.status == "completed")
     cross = sum(cross_user_frames(client) for client in found.clients)
     seq = sum(seq_problems(client) for client in found.clients)
-    seq += sum(stored_problems(events) for events in found.stored_events.values())
+    seq += sum(sequence_problems(events) for events in found.stored_events.values())
     by_kind = {kind: kind_figures(kind, faulty) for kind in found.kinds}
     unexercised = [kind for kind, figures in by_kind.items() if figures["runs"] == 0]
     as_expected = sum(f["as_expected"] for f in by_kind.values())
@@ -149,7 +154,7 @@ def build_report(found: Findings) -> Report:
 def cross_user_frames(client: UserClient) -> int:
     """Frames this user received that are not about their own runs: another run's id, or a
     text naming a number only another user's question named."""
-    mine = client.user.run_ids
+    mine = client.run_ids
     count = 0
     for socket in client.sockets:
         for frame in socket.frames:
@@ -164,15 +169,15 @@ def cross_user_frames(client: UserClient) -> int:
     return count
 
 
-def texts_of(value: Any, key: str = "") -> Iterable[str]:
+def texts_of(value: Any) -> Iterable[str]:
     """Every text a frame carries, ids and timestamps left out (a UUID can hold nine digits)."""
     if isinstance(value, dict):
         for k, v in value.items():
             if not (k == "id" or k.endswith("_id") or k in ("ts", "created_at", "finished_at")):
-                yield from texts_of(v, k)
+                yield from texts_of(v)
     elif isinstance(value, list):
         for item in value:
-            yield from texts_of(item, key)
+            yield from texts_of(item)
     elif isinstance(value, str):
         yield value
 
@@ -196,10 +201,6 @@ def seq_problems(client: UserClient) -> int:
                 frames_of[frame["run_id"]].append(frame)
         problems += sum(sequence_problems(frames) for frames in frames_of.values())
     return problems
-
-
-def stored_problems(events: list[Frame]) -> int:
-    return sequence_problems(events)
 
 
 def sequence_problems(frames: list[Frame]) -> int:

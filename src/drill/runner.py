@@ -25,8 +25,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 from rich.console import Console
@@ -48,6 +49,8 @@ SETUP_CONCURRENCY = 20
 SETTLE_POLL_S = 0.25
 TOKEN_SPARE_S = 600  # drill users' tokens outlive the drill by this much, no more
 RATE_LIMITED_PAUSE_S = 1.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,14 +262,9 @@ class Drill:
         return readings
 
     async def _prepare(self) -> None:
-        gate = asyncio.Semaphore(SETUP_CONCURRENCY)
-
-        async def prepare(client: UserClient) -> None:
+        for client in self._clients:
             client.user.token = self._tokens.issue(client.user.user_id, drill=client.user.faulty)
-            async with gate:
-                await client.create_thread()
-
-        await asyncio.gather(*(prepare(c) for c in self._clients))
+        await _bounded(client.create_thread() for client in self._clients)
         await self._check_drills_on(next(c for c in self._clients if c.user.faulty))
 
     async def _check_drills_on(self, client: UserClient) -> None:
@@ -374,31 +372,27 @@ class Drill:
     async def _stored_events(self) -> dict[str, list[dict[str, object]]]:
         """The stored events of every faulty run, and of each run whose end was not seen live
         (whose stored state then says how it ended)."""
-        gate = asyncio.Semaphore(SETUP_CONCURRENCY)
         stored: dict[str, list[dict[str, object]]] = {}
 
         async def read(client: UserClient, record: RunRecord) -> None:
             assert record.run_id is not None
-            async with gate:
-                response = await client.request("GET", f"/api/runs/{record.run_id}/events")
-                if response.status_code != 200:
-                    self._note(f"run {record.run_id}: its events answered {response.status_code}")
-                    return
-                stored[record.run_id] = response.json()["events"]
-                if record.status is None:
-                    run = (await client.request("GET", f"/api/runs/{record.run_id}")).json()
-                    if run.get("status") != "running":
-                        record.status = run.get("status")
-                        record.code = (run.get("error") or {}).get("code")
-                    self._note(f"run {record.run_id} ({record.kind}): {record.problem}")
+            response = await client.request("GET", f"/api/runs/{record.run_id}/events")
+            if response.status_code != 200:
+                self._note(f"run {record.run_id}: its events answered {response.status_code}")
+                return
+            stored[record.run_id] = response.json()["events"]
+            if record.status is None:
+                run = (await client.request("GET", f"/api/runs/{record.run_id}")).json()
+                if run.get("status") != "running":
+                    record.status = run.get("status")
+                    record.code = (run.get("error") or {}).get("code")
+                self._note(f"run {record.run_id} ({record.kind}): {record.problem}")
 
-        await asyncio.gather(
-            *(
-                read(client, record)
-                for client in self._clients
-                for record in client.records
-                if record.run_id is not None and (record.kind != HEALTHY or record.status is None)
-            )
+        await _bounded(
+            read(client, record)
+            for client in self._clients
+            for record in client.records
+            if record.run_id is not None and (record.kind != HEALTHY or record.status is None)
         )
         for client in self._clients:
             for record in client.records:
@@ -407,23 +401,23 @@ class Drill:
         return stored
 
     async def _runs_left_running(self) -> int:
-        count = 0
-        for client in self._clients:
+        async def running(client: UserClient) -> bool:
             thread = await client.request("GET", f"/api/threads/{client.user.thread_id}")
-            if thread.status_code == 200 and thread.json().get("active_run_id"):
-                count += 1
-        return count
+            return thread.status_code == 200 and bool(thread.json().get("active_run_id"))
+
+        return sum(await _bounded(running(client) for client in self._clients))
 
     async def _delete_threads(self) -> int:
         """Delete every drill thread; how many are left (each user lists their own)."""
         self._threads_deleted = True
-        left = 0
-        for client in self._clients:
+
+        async def delete(client: UserClient) -> int:
             if client.user.thread_id:
                 await client.request("DELETE", f"/api/threads/{client.user.thread_id}")
             listed = await client.request("GET", "/api/threads")
-            left += len(listed.json().get("threads", [])) if listed.status_code == 200 else 1
-        return left
+            return len(listed.json().get("threads", [])) if listed.status_code == 200 else 1
+
+        return sum(await _bounded(delete(client) for client in self._clients))
 
     async def _settle(self, before: dict[str, HostReading]) -> dict[str, HostReading]:
         """The hosts' readings once every gauge is back where it was, or when ``settle`` is
@@ -441,6 +435,17 @@ class Drill:
 
     def _note(self, problem: str) -> None:
         self._problems.append(problem)
+
+
+async def _bounded(work: Iterable[Awaitable[T]]) -> list[T]:
+    """``work``'s results, at most ``SETUP_CONCURRENCY`` of it in flight at once."""
+    gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+
+    async def one(awaitable: Awaitable[T]) -> T:
+        async with gate:
+            return await awaitable
+
+    return await asyncio.gather(*(one(a) for a in work))
 
 
 async def _first(*events: asyncio.Event) -> None:

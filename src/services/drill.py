@@ -40,6 +40,7 @@ from src.services.llm import LLM, ChatMessage, LLMError, Reply, TextSink, ToolSp
 
 DRILL_CLAIM = "drill"
 FAULTS = ("agent", "tool", "llm", "db", "hang")
+MODEL_FAULTS = frozenset(FAULTS) - {"tool"}  # the ones the run's model injects
 _MARKER = re.compile(r"\[drill:([a-z]+)\]")
 
 
@@ -77,7 +78,7 @@ def proves_drill(secret: str | None, claims: dict[str, Any]) -> bool:
 def model_for(
     model: LLM, context: RunContext, session: Callable[[], AsyncSession]
 ) -> LLM | FaultyModel:
-    faults = context.faults & {"hang", "agent", "db", "llm"}
+    faults = context.faults & MODEL_FAULTS
     return FaultyModel(model, faults, session) if faults else model
 
 

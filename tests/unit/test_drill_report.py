@@ -38,8 +38,11 @@ def test_seq_problems_count_every_way_a_run_is_not_told_once_in_order(
 
 def client_with(frames: list[dict[str, Any]]) -> UserClient:
     (user, _) = make_users(["http://a"], users=2, faulty_share=0.5)
-    user.run_ids.add("run-a")
     client = UserClient(user, {})
+    record = client.new_record(HEALTHY, "drill")
+    client._see(
+        {"type": "run_started", "run_id": "run-a", "data": {"request_id": record.request_id}}
+    )
     client.sockets.append(
         Socket(cast(ClientConnection, None), main=True, opened_at=0.0, frames=frames)
     )
