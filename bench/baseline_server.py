@@ -3,7 +3,7 @@
 Plain Starlette and one aiosqlite connection: no dependency injection, no ORM or SQL
 compilation, no agents, no model, no broker, no rate limits, no leases renewed in the background.
 What it keeps is what any durable chat backend must do for a run, statement for statement what
-isochat's run ledger (``src/services/ledger.py``) does, on the same tables, in WAL mode with
+isochat's run ledger (``src/runs/ledger.py``) does, on the same tables, in WAL mode with
 ``synchronous=NORMAL``:
 
 1. one transaction: the thread's owner is checked, the user's running runs are counted, the

@@ -3,21 +3,23 @@
 Three ways of doing the same work, measured in the same run:
 
 - ``isochat``: ``async with request_scope(container):``, set the run context, then call every
-  request provider of ``container.request`` (session, usage, emitter, calculator, conversation,
-  math_agent, history_agent, general_agent, routes, triage, supervisor, agents_for, chat);
+  request provider of ``container.request`` (session, transactions, usage, emitter, calculator,
+  conversation, math_agent, history_agent, general_agent, routes, triage, supervisor,
+  agents_for, threads, chat);
 - ``dishka``: an equivalent dishka container (APP scope: the same app objects; REQUEST scope:
-  run context, session, run usage, emitter, tools, agents, routes, supervisor, chat),
+  run context, session, transactions, run usage, emitter, tools, agents, routes, supervisor,
+  the thread and chat use cases),
   ``await req.get(X)`` for each type;
 - ``manual``: the same objects built with plain constructor calls, no DI at all.
 
-All three open and close a real ``AsyncSession`` and build the same objects: session, run usage,
-emitter and chat once per scope; tools, agents (each specialist with its own tools list),
-supervisors and the routes dict new at every resolution. (isochat's three ``Route`` objects are
-singletons whose agent is a provider; by hand and in dishka a route's agent is bound to the
-request, so those three are built once per request.) Before measuring, one iteration of each is
-checked to build the same graph (types, tools, routes, agent count). The differences are the cost
-of the DI machinery. Every iteration is timed on its own; the medians over interleaved rounds are
-reported.
+All three open and close a real ``AsyncSession`` and build the same objects: session,
+transactions, run usage, emitter and the use cases once per scope; tools, agents (each
+specialist with its own tools list), supervisors and the routes dict new at every resolution.
+(isochat's three ``Route`` objects are singletons whose agent is a provider; by hand and in
+dishka a route's agent is bound to the request, so those three are built once per request.)
+Before measuring, one iteration of each is checked to build the same graph (types, tools,
+routes, agent count). The differences are the cost of the DI machinery. Every iteration is timed
+on its own; the medians over interleaved rounds are reported.
 
 Reading the result: ``isochat/dishka`` below 1.00 means isochat's scope is cheaper than dishka's
 for the same graph; ``manual`` is the floor (constructors + opening/closing the session) that
@@ -42,7 +44,6 @@ from dishka import AsyncContainer, Provider, Scope, from_context, make_async_con
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.agents.base import Agent
-from src.agents.context import RunContext
 from src.agents.loop import ToolAgent
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
@@ -54,18 +55,22 @@ from src.container import (
     RunAgents,
     build_container,
     request_scope,
+    same,
 )
+from src.runs.cancel import RunCanceller
+from src.runs.domain import RunContext
+from src.runs.emitter import EventEmitter
+from src.runs.ender import RunEnder
+from src.runs.leases import Lease
+from src.runs.registry import RunRegistry
+from src.runs.usage import RunUsage
 from src.scoping import ScopeValue, current_scope
 from src.services.broker import EventBroker
 from src.services.chat import ChatService
-from src.services.database.engine import Database
-from src.services.drill import model_for, tool_for
-from src.services.events import EventEmitter
-from src.services.leases import Lease
+from src.services.database.engine import Database, Transactions
 from src.services.llm import LLM
 from src.services.metrics import Metrics
-from src.services.runs import RunRegistry
-from src.services.usage import RunUsage
+from src.services.threads import ThreadService
 from src.settings import Settings
 
 SETTINGS = Settings(_env_file=None)
@@ -74,6 +79,7 @@ SETTINGS = Settings(_env_file=None)
 # container before measuring), in its order.
 REQUEST_PROVIDERS = (
     "session",
+    "transactions",
     "usage",
     "emitter",
     "calculator",
@@ -85,13 +91,16 @@ REQUEST_PROVIDERS = (
     "triage",
     "supervisor",
     "agents_for",
+    "threads",
     "chat",
 )
 # Resolved as part of another provider of the list, not on its own: `routes` is built from
 # stock_routes, every agent from run_llm.
 BUILT_INTO_OTHERS = frozenset({"stock_routes", "run_llm"})
 APPROACHES = ("isochat", "dishka", "manual")
-RUN_CONTEXT = RunContext(run_id="run-1", thread_id="thread-1", user_id="user-1", request_id="r-1")
+RUN_CONTEXT = RunContext(
+    run_id="run-1", thread_id="thread-1", user_id="user-1", request_id="r-1", content="hi"
+)
 
 Routes = Mapping[str, Route]
 
@@ -121,6 +130,8 @@ class AppObjects:
     broker: EventBroker
     runs: RunRegistry
     lease: Lease
+    ender: RunEnder
+    canceller: RunCanceller
 
     @classmethod
     def of(cls, container: AppContainer) -> AppObjects:
@@ -132,6 +143,8 @@ class AppObjects:
             broker=container.broker(),
             runs=container.runs(),
             lease=container.lease(),
+            ender=container.ender(),
+            canceller=container.canceller(),
         )
 
 
@@ -141,7 +154,7 @@ class AppObjects:
 class RequestObjects:
     """What every agent of one request is built from, and how each is built."""
 
-    __slots__ = ("_routes", "app", "context", "emitter", "session", "usage")
+    __slots__ = ("_routes", "app", "context", "emitter", "session", "transactions", "usage")
 
     def __init__(
         self,
@@ -154,6 +167,7 @@ class RequestObjects:
         self.app = app
         self.context = context
         self.session = session
+        self.transactions = Transactions(session=session, database=app.database)
         self.usage = usage
         self.emitter = emitter
         # Bound to this request's agents, so built once per request (isochat's Route objects
@@ -169,11 +183,11 @@ class RequestObjects:
         return dict(self._routes)
 
     def conversation(self) -> ConversationHistory:
-        return ConversationHistory(session=self.session, context=self.context)
+        return ConversationHistory(transactions=self.transactions, context=self.context)
 
     def llm(self) -> LLM:
-        # What each agent calls: the app's model unless the run asks for a drill fault.
-        return model_for(self.app.llm, self.context, lambda: self.session)
+        # What each agent calls: the run's model (isochat's ``run_llm``: the app's).
+        return same(self.app.llm)
 
     def triage(self) -> TriageAgent:
         return TriageAgent(
@@ -190,7 +204,7 @@ class RequestObjects:
             tracker=self.app.metrics,
             llm=self.llm(),
             usage=self.usage,
-            tools=[tool_for(Calculator(), self.context)],
+            tools=[Calculator()],
         )
 
     def history_agent(self) -> HistoryAgent:
@@ -215,10 +229,11 @@ class RequestObjects:
         return Supervisor(
             context=self.context,
             emitter=self.emitter,
+            ender=self.app.ender,
+            usage=self.usage,
             triage=triage if triage is not None else self.triage(),
             routes=routes if routes is not None else self.routes(),
             run_timeout_s=self.app.settings.run_timeout_s,
-            metrics=self.app.metrics,
         )
 
     def agents_for(self) -> BoundRunAgents:
@@ -239,16 +254,19 @@ class BoundRunAgents:
         return self._supervisor()
 
 
+def thread_service(objects: RequestObjects) -> ThreadService:
+    return ThreadService(transactions=objects.transactions, canceller=objects.app.canceller)
+
+
 def chat_service(objects: RequestObjects) -> ChatService:
     app = objects.app
     return ChatService(
-        session=objects.session,
-        database=app.database,
+        transactions=objects.transactions,
         runs=app.runs,
-        lease=app.lease,
         agents_for=objects.agents_for(),
-        metrics=app.metrics,
-        broker=app.broker,
+        ender=app.ender,
+        canceller=app.canceller,
+        lease=app.lease,
         settings=SETTINGS,
     )
 
@@ -286,6 +304,8 @@ class BenchProvider(Provider):
     broker = from_context(provides=EventBroker, scope=Scope.APP)
     runs = from_context(provides=RunRegistry, scope=Scope.APP)
     lease = from_context(provides=Lease, scope=Scope.APP)
+    ender = from_context(provides=RunEnder, scope=Scope.APP)
+    canceller = from_context(provides=RunCanceller, scope=Scope.APP)
     app = from_context(provides=AppObjects, scope=Scope.APP)
     run_context = from_context(provides=RunContext, scope=Scope.REQUEST)
 
@@ -298,6 +318,10 @@ class BenchProvider(Provider):
             await database.close_session(session)
 
     @provide(scope=Scope.REQUEST)
+    def transactions(self, session: AsyncSession, database: Database) -> Transactions:
+        return Transactions(session=session, database=database)
+
+    @provide(scope=Scope.REQUEST)
     def usage(self, metrics: Metrics) -> RunUsage:
         return RunUsage(counter=metrics)
 
@@ -308,11 +332,8 @@ class BenchProvider(Provider):
         database: Database,
         broker: EventBroker,
         lease: Lease,
-        usage: RunUsage,
     ) -> EventEmitter:
-        return EventEmitter(
-            context=context, database=database, broker=broker, lease=lease, usage=usage
-        )
+        return EventEmitter(context=context, database=database, broker=broker, lease=lease)
 
     @provide(scope=Scope.REQUEST)
     def objects(
@@ -327,16 +348,16 @@ class BenchProvider(Provider):
         return RequestObjects(app, context, session, usage, emitter)
 
     @provide(scope=Scope.REQUEST, cache=False)
-    def run_llm(self, llm: LLM, context: RunContext, session: AsyncSession) -> RunLLM:
-        return RunLLM(model_for(llm, context, lambda: session))
+    def run_llm(self, llm: LLM) -> RunLLM:
+        return RunLLM(same(llm))
 
     @provide(scope=Scope.REQUEST, cache=False)
     def calculator(self) -> Calculator:
         return Calculator()
 
     @provide(scope=Scope.REQUEST, cache=False)
-    def conversation(self, session: AsyncSession, context: RunContext) -> ConversationHistory:
-        return ConversationHistory(session=session, context=context)
+    def conversation(self, transactions: Transactions, context: RunContext) -> ConversationHistory:
+        return ConversationHistory(transactions=transactions, context=context)
 
     @provide(scope=Scope.REQUEST, cache=False)
     def math_agent(
@@ -346,14 +367,9 @@ class BenchProvider(Provider):
         llm: RunLLM,
         usage: RunUsage,
         calculator: Calculator,
-        context: RunContext,
     ) -> MathAgent:
         return MathAgent(
-            events=emitter,
-            tracker=metrics,
-            llm=llm.model,
-            usage=usage,
-            tools=[tool_for(calculator, context)],
+            events=emitter, tracker=metrics, llm=llm.model, usage=usage, tools=[calculator]
         )
 
     @provide(scope=Scope.REQUEST, cache=False)
@@ -406,24 +422,26 @@ class BenchProvider(Provider):
         return objects.agents_for()
 
     @provide(scope=Scope.REQUEST)
+    def threads(self, transactions: Transactions, canceller: RunCanceller) -> ThreadService:
+        return ThreadService(transactions=transactions, canceller=canceller)
+
+    @provide(scope=Scope.REQUEST)
     def chat(
         self,
-        session: AsyncSession,
-        database: Database,
+        transactions: Transactions,
         runs: RunRegistry,
         agents_for: BoundRunAgents,
-        metrics: Metrics,
-        broker: EventBroker,
+        ender: RunEnder,
+        canceller: RunCanceller,
         lease: Lease,
     ) -> ChatService:
         return ChatService(
-            session=session,
-            database=database,
+            transactions=transactions,
             runs=runs,
-            lease=lease,
             agents_for=agents_for,
-            metrics=metrics,
-            broker=broker,
+            ender=ender,
+            canceller=canceller,
+            lease=lease,
             settings=SETTINGS,
         )
 
@@ -431,6 +449,7 @@ class BenchProvider(Provider):
 # In the order of REQUEST_PROVIDERS.
 DISHKA_TYPES: tuple[Any, ...] = (
     AsyncSession,
+    Transactions,
     RunUsage,
     EventEmitter,
     Calculator,
@@ -442,6 +461,7 @@ DISHKA_TYPES: tuple[Any, ...] = (
     TriageAgent,
     Supervisor,
     BoundRunAgents,
+    ThreadService,
     ChatService,
 )
 
@@ -457,6 +477,8 @@ def make_dishka_container(app: AppObjects) -> AsyncContainer:
             EventBroker: app.broker,
             RunRegistry: app.runs,
             Lease: app.lease,
+            RunEnder: app.ender,
+            RunCanceller: app.canceller,
             AppObjects: app,
         },
     )
@@ -482,15 +504,12 @@ def manual_iteration(app: AppObjects, sink: Sink = None) -> Iteration:
         try:
             usage = RunUsage(counter=app.metrics)
             emitter = EventEmitter(
-                context=RUN_CONTEXT,
-                database=app.database,
-                broker=app.broker,
-                lease=app.lease,
-                usage=usage,
+                context=RUN_CONTEXT, database=app.database, broker=app.broker, lease=app.lease
             )
             objects = RequestObjects(app, RUN_CONTEXT, session, usage, emitter)
             resolved = [
                 session,
+                objects.transactions,
                 usage,
                 emitter,
                 Calculator(),
@@ -502,6 +521,7 @@ def manual_iteration(app: AppObjects, sink: Sink = None) -> Iteration:
                 objects.triage(),
                 objects.supervisor(),
                 objects.agents_for(),
+                thread_service(objects),
                 chat_service(objects),
             ]
             if sink is not None:

@@ -10,6 +10,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class DeadlineExceeded(TimeoutError):
+    """``uninterrupted`` gave up waiting: the work's own deadline passed (not a timeout the
+    work itself raised)."""
+
+
 async def uninterrupted(awaitable: Awaitable[T], *, timeout_s: float | None = None) -> T:
     """Await ``awaitable`` to its end even if this task is cancelled meanwhile, then re-raise.
 
@@ -17,7 +22,7 @@ async def uninterrupted(awaitable: Awaitable[T], *, timeout_s: float | None = No
     middle, it would leave a connection checked out of the pool. The cancellation is delayed,
     never lost. A hung database must not make the caller uncancellable forever, though: after
     ``timeout_s`` the work is cancelled and left to unwind in its own task, and the caller gets
-    ``TimeoutError`` (or its own cancellation).
+    ``DeadlineExceeded`` (or its own cancellation).
     """
     task = asyncio.ensure_future(awaitable)
     loop = asyncio.get_running_loop()
@@ -30,7 +35,7 @@ async def uninterrupted(awaitable: Awaitable[T], *, timeout_s: float | None = No
             task.add_done_callback(_retrieve)
             if cancelled:
                 raise asyncio.CancelledError
-            raise TimeoutError(f"gave up after {timeout_s:g} s")
+            raise DeadlineExceeded(f"gave up after {timeout_s:g} s")
         try:
             await asyncio.wait((task,), timeout=remaining)
         except asyncio.CancelledError:

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         # Before anything is touched: a team's container that cannot be imported is a setting
         # to fix, said in one line, not a traceback in every worker.
         try:
-            plugin_classes(settings.plugins)
+            plugin_classes(settings.plugin_paths)
         except BadPlugin as exc:
             print(f"isochat: ISOCHAT_PLUGINS: {exc}", file=sys.stderr)
             return EXIT_BAD_SETTINGS

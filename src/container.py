@@ -16,35 +16,46 @@ Tests swap any provider with ``container.<name>.override(...)`` or
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from dependency_injector import containers, providers
 
-from src.agents.context import RunContext
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
 from src.agents.triage import Route, TriageAgent, with_routes
 from src.plugins import plug_in, plugin_classes
+from src.runs.cancel import RunCanceller
+from src.runs.domain import RunContext
+from src.runs.emitter import EventEmitter
+from src.runs.ender import RunEnder
+from src.runs.follower import StoredEvents
+from src.runs.leases import Lease, LeaseKeeper
+from src.runs.registry import RunRegistry
+from src.runs.usage import RunUsage
 from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
-from src.services import drill
-from src.services.auth import InProcessUsedTickets, RedisUsedTickets, TokenService, WsTickets
+from src.services.auth import (
+    InProcessUsedTickets,
+    NoGrants,
+    RedisUsedTickets,
+    TokenService,
+    WsTickets,
+)
 from src.services.broker import EventBroker, InProcessBroker
 from src.services.chat import ChatService
-from src.services.database.engine import Database, create_engine
-from src.services.events import EventEmitter
-from src.services.leases import Lease, LeaseKeeper
+from src.services.database.engine import Database, Transactions, create_engine
 from src.services.limits import InProcessSocketCounter, RateLimiter, RedisSocketCounter
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
 from src.services.llm.openai import OpenAILLM
 from src.services.metrics import Metrics
 from src.services.redis_broker import RedisBroker
-from src.services.runs import RunRegistry
 from src.services.scope_monitor import ScopeMonitor
-from src.services.usage import RunUsage
+from src.services.threads import ThreadService
 from src.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def choose_llm(settings: Settings) -> LLM:
@@ -70,6 +81,12 @@ def choose_broker(settings: Settings) -> EventBroker:
     return InProcessBroker()
 
 
+def same(value: T) -> T:
+    """A provider of its own for what another provides, so that a plug-in can put something
+    else in its place without replacing the original everywhere."""
+    return value
+
+
 class RunAgents:
     """Hands a run's context to the current scope, then builds that run's supervisor there."""
 
@@ -93,6 +110,8 @@ class RequestContainer(containers.DeclarativeContainer):
     metrics = providers.Dependency(instance_of=Metrics)
     runs = providers.Dependency(instance_of=RunRegistry)
     lease = providers.Dependency(instance_of=Lease)
+    ender = providers.Dependency(instance_of=RunEnder)
+    canceller = providers.Dependency(instance_of=RunCanceller)
 
     # One per request scope.
     run_context = ScopeValue("run_context")
@@ -100,34 +119,31 @@ class RequestContainer(containers.DeclarativeContainer):
         providers.Callable(Database.open_session, database),
         closer=providers.Callable(Database.close_session, database),
     )
+    transactions = Scoped(providers.Factory(Transactions, session=session, database=database))
     usage = Scoped(providers.Factory(RunUsage, counter=metrics))
     emitter = Scoped(
         providers.Factory(
-            EventEmitter,
-            context=run_context,
-            database=database,
-            broker=broker,
-            lease=lease,
-            usage=usage,
+            EventEmitter, context=run_context, database=database, broker=broker, lease=lease
         )
     )
 
-    # The model the run's agents call: the application's, unless a drill user's message asked
-    # for a fault (then it fails that way; src/services/drill.py).
-    run_llm = providers.Callable(drill.model_for, llm, run_context, session.provider)
+    # The model the run's agents call: the application's (a plug-in may put another in its
+    # place for a run, as the drill's faults do).
+    run_llm = providers.Callable(same, llm)
 
     # Tools and agents: new at every call, so nothing an agent holds is ever shared with
     # another request.
     calculator = providers.Factory(Calculator)
-    conversation = providers.Factory(ConversationHistory, session=session, context=run_context)
+    conversation = providers.Factory(
+        ConversationHistory, transactions=transactions, context=run_context
+    )
     math_agent = providers.Factory(
         MathAgent,
         events=emitter,
         tracker=metrics,
         llm=run_llm,
         usage=usage,
-        # The calculator, or for a drill user's message that asks for it, one that fails.
-        tools=providers.List(providers.Callable(drill.tool_for, calculator, run_context)),
+        tools=providers.List(calculator),
     )
     history_agent = providers.Factory(
         HistoryAgent,
@@ -169,23 +185,28 @@ class RequestContainer(containers.DeclarativeContainer):
         Supervisor,
         context=run_context,
         emitter=emitter,
+        ender=ender,
+        usage=usage,
         triage=triage,
         routes=routes,
         run_timeout_s=settings.provided.run_timeout_s,
-        metrics=metrics,
     )
     agents_for = providers.Factory(
         RunAgents, run_context=run_context.provider, supervisor=supervisor.provider
     )
+
+    # The use cases.
+    threads = Scoped(
+        providers.Factory(ThreadService, transactions=transactions, canceller=canceller)
+    )
     chat = Scoped(
         providers.Factory(
             ChatService,
-            session=session,
-            database=database,
+            transactions=transactions,
             runs=runs,
             agents_for=agents_for,
-            metrics=metrics,
-            broker=broker,
+            ender=ender,
+            canceller=canceller,
             lease=lease,
             settings=settings,
         )
@@ -210,14 +231,30 @@ class AppContainer(containers.DeclarativeContainer):
     runs = providers.Singleton(RunRegistry)
     # This process's name on the runs it executes; one per process (and per app in tests).
     lease = providers.Singleton(Lease.for_this_process, length_s=settings.provided.run_lease_s)
-    lease_keeper = providers.Singleton(
-        LeaseKeeper, lease=lease, database=database, runs=runs, broker=broker, metrics=metrics
+    # The one way a run ends, whoever ends it; an end it cannot store within a lease is left
+    # to the lease sweep.
+    ender = providers.Singleton(
+        RunEnder,
+        database=database,
+        broker=broker,
+        metrics=metrics,
+        retry_for_s=settings.provided.run_lease_s,
     )
+    # Where followers read what the live stream missed (SSE, sockets, cancels).
+    event_store = providers.Singleton(StoredEvents, database)
+    canceller = providers.Singleton(
+        RunCanceller, registry=runs, broker=broker, ender=ender, store=event_store
+    )
+    lease_keeper = providers.Singleton(
+        LeaseKeeper, lease=lease, database=database, runs=runs, ender=ender
+    )
+    # What a token's claims grant beyond the user (a plug-in may say; isochat's own: nothing).
+    token_grants = providers.Singleton(NoGrants)
     tokens = providers.Singleton(
         TokenService,
         secret=settings.provided.auth_secret,
         ttl_s=settings.provided.token_ttl_s,
-        drill_secret=settings.provided.drill_secret,
+        grants=token_grants,
     )
     # WebSocket tickets are single-use on every worker and host: their uses are recorded where
     # the broker is.
@@ -268,6 +305,8 @@ class AppContainer(containers.DeclarativeContainer):
         metrics=metrics,
         runs=runs,
         lease=lease,
+        ender=ender,
+        canceller=canceller,
     )
 
 
@@ -275,7 +314,7 @@ def build_container(settings: Settings | None = None) -> AppContainer:
     """isochat's container, with the teams' containers ``ISOCHAT_PLUGINS`` names plugged in."""
     settings = settings or Settings()
     container = AppContainer(settings=providers.Object(settings))
-    for plugin in plugin_classes(settings.plugins):
+    for plugin in plugin_classes(settings.plugin_paths):
         plug_in(container, plugin)
     return container
 
@@ -292,7 +331,8 @@ def request_scope(container: AppContainer, *, request_id: str | None = None) -> 
 async def startup(container: AppContainer) -> None:
     """What the application starts before serving: cancels asked by other workers reach this
     worker's runs. (The lease keeper is started by the app's lifespan, as a task.)"""
-    await container.broker().listen_for_cancels(container.runs().cancel_soon)
+    registry = container.runs()
+    await container.broker().listen_for_cancels(registry.cancel)
 
 
 async def shutdown(container: AppContainer) -> None:

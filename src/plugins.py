@@ -20,7 +20,9 @@ that takes that one's place:
 
 ``ISOCHAT_PLUGINS=examples.support.container:SupportPlugin`` plugs it into ``isochat serve``;
 ``plug_in(container, SupportPlugin)`` into a container of a test. Overriding is per container:
-another application in the same process keeps isochat's own providers.
+another application in the same process keeps isochat's own providers. A provider named like
+one of the application's own (``token_grants``: what a token's claims grant) takes that one's
+place the same way; isochat's drill faults are a plug-in too (``src/drill/faults.py``).
 """
 
 from __future__ import annotations
@@ -43,13 +45,12 @@ class BadPlugin(Exception):
     """``ISOCHAT_PLUGINS`` names something that cannot be plugged in: ``str(exc)`` says why."""
 
 
-def plugin_classes(setting: str) -> list[type[containers.DeclarativeContainer]]:
-    """The containers ``setting`` (``module:Class``, comma-separated) names. The current
-    directory is importable, as for uvicorn's ``module:app``: a team's module lives in its
-    project."""
+def plugin_classes(paths: list[str]) -> list[type[containers.DeclarativeContainer]]:
+    """The containers ``paths`` (``module:Class`` each) name. The current directory is
+    importable, as for uvicorn's ``module:app``: a team's module lives in its project."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    return [plugin_class(path.strip()) for path in setting.split(",") if path.strip()]
+    return [plugin_class(path) for path in paths]
 
 
 def plugin_class(path: str) -> type[containers.DeclarativeContainer]:
@@ -72,11 +73,16 @@ def plugin_class(path: str) -> type[containers.DeclarativeContainer]:
 
 def plug_in(container: AppContainer, plugin: type[containers.DeclarativeContainer]) -> Any:
     """Plug ``plugin`` into ``container``: each of its providers named like one of isochat's
-    request providers overrides that one; the rest are the team's own. The plug-in's container
-    is returned (its providers are the team's, for tests)."""
+    request providers (or, failing that, of its application providers) overrides that one;
+    the rest are the team's own. The plug-in's container is returned (its providers are the
+    team's, for tests)."""
     request = container.request
     instance = plugin(**{ISOCHAT: request})
     for name, provider in instance.providers.items():
-        if name != ISOCHAT and hasattr(request, name):
+        if name == ISOCHAT:
+            continue
+        if hasattr(request, name):
             getattr(request, name).override(provider)
+        elif name != "request" and isinstance(getattr(container, name, None), providers.Provider):
+            getattr(container, name).override(provider)
     return instance

@@ -34,6 +34,8 @@ DATABASE_DRIVERS = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 # Never echoed in an error: a typo in a secret is still mostly the secret.
+# What ISOCHAT_DRILL_SECRET plugs in: the drill's faults, a plug-in container like a team's.
+DRILL_PLUGIN = "src.drill.faults:DrillFaults"
 SECRET_FIELDS = frozenset({"auth_secret", "llm_api_key", "drill_secret"})
 URL_FIELDS = frozenset({"database_url", "broker_url", "llm_base_url"})
 SHOWN_INPUT_CHARS = 60
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     auth_secret: str = DEVELOPMENT_AUTH_SECRET
     token_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # Set, drills are on: runs of users whose token carries a `drill` claim made with this
-    # secret take fault markers (`isochat drill`, src/services/drill.py). Unset (the default),
+    # secret take fault markers (`isochat drill`, src/drill/faults.py). Unset (the default),
     # nothing can force a fault.
     drill_secret: str | None = Field(default=None, min_length=32)
 
@@ -187,6 +189,13 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def plugin_paths(self) -> list[str]:
+        """The plug-ins to plug in (``module:Class``): the drill's faults first when
+        ``DRILL_SECRET`` turns drills on, then ``PLUGINS``."""
+        drill = [DRILL_PLUGIN] if self.drill_secret is not None else []
+        return drill + [path.strip() for path in self.plugins.split(",") if path.strip()]
 
     @property
     def broker_kind(self) -> Literal["memory", "redis"]:

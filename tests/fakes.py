@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.agents.base import AgentTracker, RunEvents
 from src.agents.triage import Route, TriageAgent
 from src.container import AppContainer
+from src.runs.usage import RunUsage
 from src.services.llm import LLM, ChatMessage, LLMError, Reply, TextSink, ToolSpec
 from src.services.llm.offline import OfflineLLM
-from src.services.usage import RunUsage
 
 
 class ChaosTriage(TriageAgent):

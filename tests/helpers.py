@@ -20,7 +20,8 @@ from sqlalchemy import insert
 from starlette.types import ASGIApp
 
 from src.container import AppContainer
-from src.services.database.models import RunEventRow, RunRow, utcnow
+from src.runs.domain import utcnow
+from src.services.database.models import RunEventRow, RunRow
 
 
 def auth(container: AppContainer, user_id: str) -> dict[str, str]:

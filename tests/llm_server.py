@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from src.services.llm.offline import ROUTE_TOOL
+from src.agents.triage import ROUTE_TOOL
 from tests.helpers import serving
 
 _MARKER = re.compile(r"\[(llm|answer|route|text):([a-z0-9-]+)\]")

@@ -10,7 +10,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from src.services.domain import FINAL_EVENT_TYPES
+from src.runs.domain import FINAL_EVENT_TYPES
 
 Frame = dict[str, Any]
 

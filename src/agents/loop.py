@@ -29,9 +29,9 @@ from src.agents.thinking import AnswerFull, AnswerStream
 from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, Tool, ToolError, truncate
 from src.agents.tools import ConversationHistory
 from src.logs import log_failure
-from src.services.domain import Message
+from src.runs.domain import Message, RunFailure
+from src.runs.usage import RunUsage
 from src.services.llm import LLM, ChatMessage, ToolCall
-from src.services.usage import RunUsage
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ MAX_FAILING_TURNS = 3
 CONTEXT_MESSAGE_CHARS = 2_000
 
 
-class StepLimitReached(Exception):
+class StepLimitReached(RunFailure):
     """The model kept calling tools past ``MAX_STEPS``: ``step_limit``."""
+
+    code = "step_limit"
 
 
 @dataclass(frozen=True, slots=True)

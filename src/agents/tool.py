@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin, 
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from src.runs.domain import RunFailure
 from src.services.llm import ToolSpec
 
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -46,9 +47,12 @@ TRUNCATED = "\u2026 [truncated]"
 MAX_ARGUMENT_ERRORS = 5
 
 
-class ToolError(Exception):
+class ToolError(RunFailure):
     """A tool refused its input or failed; ``str(exc)`` says why, to the model and, if the
     run fails for it (``tool_error``), to the user."""
+
+    code = "tool_error"
+    default_message = "a tool failed"
 
 
 class Tool(ABC, Generic[InputT]):

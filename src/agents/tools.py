@@ -17,16 +17,11 @@ from decimal import (
 )
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.agents.context import RunContext
 from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, Tool, ToolError, truncate
+from src.runs.domain import Message, RunContext
 from src.services.database import repositories as repo
-from src.services.database.engine import atomic
-from src.services.domain import Message
-
-# What the history tool says of a thread without earlier messages (the offline model knows it).
-from src.services.llm.offline import NO_EARLIER_MESSAGES
+from src.services.database.engine import Transactions
 
 __all__ = [
     "MAX_TOOL_OUTPUT_CHARS",
@@ -44,6 +39,8 @@ __all__ = [
 # HISTORY_MESSAGES_SHOWN messages, each cut to an excerpt. 10 * (300 + ~40) + two header lines
 # stays under MAX_TOOL_OUTPUT_CHARS, so the tool cap never has to cut the summary.
 HISTORY_MESSAGES_SHOWN = 10
+# What the history tool says of a thread without earlier messages.
+NO_EARLIER_MESSAGES = "no earlier messages"
 HISTORY_EXCERPT_CHARS = 300
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 100
@@ -187,19 +184,15 @@ class ConversationHistory(Tool[NoInput]):
     )
     concurrent = False  # reads with the run's session
 
-    def __init__(self, *, session: AsyncSession, context: RunContext) -> None:
-        self._session = session
+    def __init__(self, *, transactions: Transactions, context: RunContext) -> None:
+        self._tx = transactions
         self._context = context
 
     async def earlier(self) -> list[Message]:
         """The thread's messages before this run's own, oldest first."""
         ctx = self._context
-
-        async def read(session: AsyncSession) -> list[Message]:
-            page = await repo.list_messages(session, thread_id=ctx.thread_id, user_id=ctx.user_id)
-            return page.items
-
-        return [m for m in await atomic(self._session, read) if m.run_id != ctx.run_id]
+        page = await self._tx.read(repo.list_messages, thread_id=ctx.thread_id, user_id=ctx.user_id)
+        return [m for m in page.items if m.run_id != ctx.run_id]
 
     async def run(self, params: NoInput) -> str:
         return summarise_messages([(m.role, m.content) for m in await self.earlier()])

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.agents.base import Agent, AgentTracker, RunEvents
+from src.runs.usage import RunUsage
 from src.services.llm import LLM, ChatMessage, Reply, ToolSpec
-from src.services.llm.offline import ROUTE_TOOL
-from src.services.usage import RunUsage
 
 log = logging.getLogger(__name__)
 
 FALLBACK_ROUTE = "general"
+ROUTE_TOOL = "choose_route"
 
 
 @dataclass(frozen=True, slots=True)

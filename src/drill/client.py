@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from src.drill.plan import DrillUser, question
-from src.services.domain import FINAL_EVENT_TYPES
+from src.runs.domain import FINAL_EVENT_TYPES
 
 Frame = dict[str, Any]
 OPEN_TIMEOUT_S = 10.0

@@ -11,10 +11,10 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from src.services.drill import FAULTS, marker
+from src.drill.faults import FAULTS, marker
 
 HEALTHY = "healthy"
-# Faults the server injects (src/services/drill.py), and two the drill makes itself: it drops
+# Faults the server injects (src/drill/faults.py), and two the drill makes itself: it drops
 # the socket of a run in flight, or cancels it (each on a run the server holds with a hang).
 SERVER_FAULTS = FAULTS
 CLIENT_FAULTS = ("disconnect", "cancel")

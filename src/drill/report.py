@@ -15,7 +15,7 @@ from rich.table import Table
 from src.drill.client import Frame, RunRecord, UserClient
 from src.drill.hosts import GAUGES, HostReading
 from src.drill.plan import EXPECTED, HEALTHY, OPERAND, expected_outcome, owner_of
-from src.services.domain import FINAL_EVENT_TYPES
+from src.runs.domain import FINAL_EVENT_TYPES
 
 MAX_LISTED = 20  # unexpected runs and problems listed at most
 MB = 1024 * 1024

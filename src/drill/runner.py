@@ -34,11 +34,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from src.drill.client import DrillAborted, RunRecord, UserClient
+from src.drill.faults import DrillClaim, marker
 from src.drill.hosts import HostReading, read_host
 from src.drill.plan import EXPECTED, HEALTHY, KINDS, MAX_USERS, make_users, question
 from src.drill.report import Findings, HostFigures, Report, build_report
 from src.services.auth import TokenService
-from src.services.drill import marker
 
 EXIT_CONTAINED = 0
 EXIT_NOT_CONTAINED = 1
@@ -155,10 +155,9 @@ def main(args: argparse.Namespace, *, auth_secret: str, drill_secret: str | None
         print(f"isochat: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    tokens = TokenService(
-        secret=auth_secret,
-        ttl_s=int(options.longest_s) + TOKEN_SPARE_S,
-        drill_secret=drill_secret,
+    tokens = DrillTokens(
+        TokenService(secret=auth_secret, ttl_s=int(options.longest_s) + TOKEN_SPARE_S),
+        DrillClaim(drill_secret),
     )
     errors = Console(stderr=True)
     show = not args.no_progress and errors.is_terminal
@@ -174,9 +173,20 @@ def main(args: argparse.Namespace, *, auth_secret: str, drill_secret: str | None
     return EXIT_CONTAINED if report.ok else EXIT_NOT_CONTAINED
 
 
+class DrillTokens:
+    """The drill users' tokens: a drill user's carries the claim only the drill secret makes."""
+
+    def __init__(self, tokens: TokenService, claim: DrillClaim) -> None:
+        self._tokens = tokens
+        self._claim = claim
+
+    def issue(self, user_id: str, *, drill: bool) -> str:
+        return self._tokens.issue(user_id, extend=self._claim.add_to if drill else None)
+
+
 class Drill:
     def __init__(
-        self, options: Options, tokens: TokenService, *, console: Console, progress: bool
+        self, options: Options, tokens: DrillTokens, *, console: Console, progress: bool
     ) -> None:
         self._options = options
         self._tokens = tokens

@@ -18,7 +18,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,6 @@ import jwt
 import redis.exceptions
 from redis.asyncio import Redis
 
-from src.services.drill import DRILL_CLAIM, drill_proof, proves_drill
 from src.services.errors import Unauthorized
 
 USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,200}$")
@@ -48,33 +47,43 @@ VERIFIED_CACHE_SIZE = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who a bearer token names: the user, and whether they are a drill user, whose runs take
-    fault markers (only with a drill secret set; see ``src/services/drill.py``)."""
+    """Who a bearer token names: the user, and what the token's other claims grant them
+    (``TokenGrants``; none unless a plug-in says so)."""
 
     user_id: str
-    drill: bool = False
+    grants: frozenset[str] = frozenset()
+
+
+class TokenGrants(Protocol):
+    """The claims hook: what a verified token's claims grant its user beyond being who they
+    are (a plug-in's; the drill's faults are one: ``src/drill/faults.py``)."""
+
+    def grants(self, claims: Mapping[str, Any]) -> frozenset[str]: ...
+
+
+class NoGrants:
+    """isochat's own: a token names a user, nothing more."""
+
+    def grants(self, claims: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset()
 
 
 class TokenService:
-    def __init__(self, *, secret: str, ttl_s: int, drill_secret: str | None = None) -> None:
+    def __init__(self, *, secret: str, ttl_s: int, grants: TokenGrants | None = None) -> None:
         self._secret = secret
         self._ttl_s = ttl_s
-        self._drill_secret = drill_secret
+        self._grants = grants or NoGrants()
         self._verified: dict[str, tuple[Caller, float]] = {}  # token -> (caller, exp)
 
-    def issue(self, user_id: str, *, drill: bool = False) -> str:
-        """A bearer token for ``user_id``; with ``drill``, a drill user's (the drill secret
-        makes its claim)."""
+    def issue(self, user_id: str, *, extend: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """A bearer token for ``user_id``; ``extend`` adds claims of its own to the standard
+        ones (``sub``, ``iat``, ``exp``) before they are signed."""
         if not valid_user_id(user_id):
             raise ValueError("a user id is 1-200 characters of letters, digits and . _ @ -")
         now = int(time.time())
         claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + self._ttl_s}
-        if drill:
-            if self._drill_secret is None:
-                raise ValueError("a drill user's token needs ISOCHAT_DRILL_SECRET")
-            claims[DRILL_CLAIM] = drill_proof(
-                self._drill_secret, user_id=user_id, exp=claims["exp"]
-            )
+        if extend is not None:
+            extend(claims)
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def user_of(self, token: str) -> str:
@@ -83,7 +92,7 @@ class TokenService:
         return self.caller_of(token).user_id
 
     def caller_of(self, token: str) -> Caller:
-        """``user_of``, and whether the token makes a drill user."""
+        """``user_of``, and what the token grants."""
         known = self._verified.get(token)
         if known is not None and time.time() < known[1]:
             return known[0]
@@ -105,7 +114,7 @@ class TokenService:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not valid_user_id(sub):
             raise Unauthorized("the token names no valid user")
-        return Caller(sub, drill=proves_drill(self._drill_secret, claims)), float(claims["exp"])
+        return Caller(sub, grants=self._grants.grants(claims)), float(claims["exp"])
 
 
 class TicketCheckUnavailable(Exception):

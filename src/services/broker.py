@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from src.services.domain import Event
+from src.runs.domain import Event
 
 Frame = dict[str, Any]
 
@@ -54,7 +54,7 @@ class EventBroker(Protocol):
         """Raise if events cannot be delivered now (for readiness)."""
         ...
 
-    async def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> None:
+    async def listen_for_cancels(self, on_cancel: Callable[[str], object]) -> None:
         """From now on, call ``on_cancel(run_id)`` whenever any worker asks for a cancel."""
         ...
 
@@ -104,7 +104,7 @@ class InProcessBroker:
     async def ping(self) -> None:
         return None  # in-process delivery is up while the process is
 
-    async def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> None:
+    async def listen_for_cancels(self, on_cancel: Callable[[str], object]) -> None:
         return None  # runs of this process are cancelled through its own RunRegistry
 
     async def request_cancel(self, run_id: str) -> bool:

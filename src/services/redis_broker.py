@@ -26,8 +26,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from src.runs.domain import Event
 from src.services.broker import Frame, InProcessBroker, Subscription
-from src.services.domain import Event
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RedisBroker:
         self._prefix = prefix
         # "!" never appears in a user id, so this channel cannot be a user's.
         self._cancel_channel = prefix + "!cancel"
-        self._on_cancel: Callable[[str], None] | None = None
+        self._on_cancel: Callable[[str], object] | None = None
         self._local = InProcessBroker()
         self._users: set[str] = set()  # those with a subscription in self._local
         # Requests for the reader task: it alone uses the pub/sub connection, because a
@@ -124,7 +124,7 @@ class RedisBroker:
     async def ping(self) -> None:
         await self._redis.ping()
 
-    async def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> None:
+    async def listen_for_cancels(self, on_cancel: Callable[[str], object]) -> None:
         """Never fails: the reader subscribes to the cancel channel as soon as Redis answers,
         so a worker started while Redis is down still hears cancels once it is back."""
         self._on_cancel = on_cancel

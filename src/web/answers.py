@@ -1,6 +1,6 @@
 """The JSON bodies the HTTP endpoints answer with, as TypedDicts: the handlers build them as
 these types (checked by mypy), and the OpenAPI document publishes them (``src/web/openapi.py``).
-Objects (Thread, Message, Run, Event) are in ``src/services/domain.py``."""
+Objects (Thread, Message, Run, Event) are in ``src/runs/domain.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-from src.services.domain import EventJSON, MessageJSON, RunJSON, ThreadJSON
+from src.runs.domain import EventJSON, MessageJSON, RunJSON, ThreadJSON
 from src.web.errors import ErrorDetail
 
 

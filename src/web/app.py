@@ -30,8 +30,11 @@ def create_app(container: AppContainer) -> Starlette:
         try:
             yield
         finally:
+            # Stopped and waited for before anything they use is closed: a lease renewal
+            # must not find the database disposed under it.
             for watcher in watchers:
                 watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             await shutdown(container)
 
     settings = container.settings()

@@ -10,6 +10,7 @@ away. The byte limit comes first, so no parser ever sees more than ``max_bytes``
 from __future__ import annotations
 
 import codecs
+import re
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
@@ -19,6 +20,10 @@ from starlette.requests import Request
 from src.web.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
+
+# A request id a client may give (X-Request-ID, a frame's request_id): echoed in answers and
+# written in logs, so nothing else.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # pydantic-core's parser refuses JSON nested deeper than this (an array may go one level more).
 MAX_JSON_DEPTH = 200

@@ -9,17 +9,12 @@ import asyncio
 
 from src.container import AppContainer, request_scope
 from src.logs import bind
-from src.services.domain import Run
+from src.runs.domain import Run
+from src.services.auth import Caller
 
 
 async def start_detached(
-    container: AppContainer,
-    *,
-    user_id: str,
-    thread_id: str,
-    content: str,
-    request_id: str,
-    drill: bool = False,
+    container: AppContainer, *, caller: Caller, thread_id: str, content: str, request_id: str
 ) -> Run:
     """The run, once stored; what refused it (404, 409, 429, 503) is raised here instead."""
     started: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
@@ -28,12 +23,11 @@ async def start_detached(
         bind(request_id=request_id)  # the run's log lines carry the request that started it
         async with request_scope(container, request_id=request_id):
             await container.request.chat().send_message(
-                user_id=user_id,
+                caller=caller,
                 thread_id=thread_id,
                 content=content,
                 request_id=request_id,
                 on_started=started.set_result,
-                drill=drill,
             )
 
     # The task runs in a copy of this context, where it opens the run's own scope.

@@ -104,8 +104,9 @@ async def on_http_exception(_: Request, exc: Exception) -> Response:
     return error_response("internal_error", "the server could not answer this request")
 
 
-# DATABASE_UNAVAILABLE: connection, pool and deadline failures, not constraint violations
-# (those are bugs: 500). Re-exported for the WebSocket's error frames.
+# DATABASE_UNAVAILABLE: connection, pool and deadline failures of the database, not constraint
+# violations (those are bugs: 500), and not any TimeoutError or ConnectionError (a handler's
+# own is a bug too). Re-exported for the WebSocket's error frames.
 __all__ = ["DATABASE_UNAVAILABLE", "EXCEPTION_HANDLERS", "ApiError", "error_response"]
 
 EXCEPTION_HANDLERS = {

@@ -3,15 +3,13 @@ pydantic (``validate_json``: see ``src.web.bodies`` for why never ``json.loads``
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from src.web.bodies import StoredText, check_content, describe, unparsed
+from src.web.bodies import REQUEST_ID, StoredText, check_content, describe, unparsed
 from src.web.errors import ApiError
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 FRAME_TYPES = ("chat", "cancel", "ping")
 
 

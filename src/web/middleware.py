@@ -18,13 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.container import AppContainer, request_scope
 from src.logs import fresh_context, log_failure
+from src.web.bodies import REQUEST_ID
 from src.web.errors import error_response
 
 log = logging.getLogger(__name__)
 # Instead of uvicorn's access log, which is written outside the request's context.
 access_log = logging.getLogger("isochat.access")
 
-_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(REQUEST_ID.pattern.encode())  # headers are bytes
 
 
 def incoming_request_id(scope: Scope) -> str | None:

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document, generated from the code: the paths and methods from the routes
 themselves, each operation's description from its handler (``@documented``), request bodies
 from the pydantic models that parse them (``src/web/bodies.py``), answers from the TypedDicts
-the handlers build them as (``src/web/answers.py``, ``src/services/domain.py``), which mypy
+the handlers build them as (``src/web/answers.py``, ``src/runs/domain.py``), which mypy
 checks against the code. Nothing here is a second copy of a shape that could drift.
 """
 

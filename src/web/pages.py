@@ -13,8 +13,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from src.runs.domain import iso
 from src.services.database.repositories import Page
-from src.services.domain import iso
 from src.web.errors import ApiError
 
 THREADS_PAGE, MAX_THREADS_PAGE = 50, 200

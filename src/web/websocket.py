@@ -1,7 +1,9 @@
 """``/ws``: a user's runs, live, on that user's connections only.
 
 Each connection has one reader (client frames), one writer (the only task that sends) and a
-bounded outbox that the broker fills with the user's events. Each ``chat`` frame starts a run in
+bounded outbox that the broker fills with the user's events; the writer sends what the follower
+(``src/runs/follower.py``) makes of it: every event of the user's runs once, in seq order, with
+whatever the live stream missed filled from the store. Each ``chat`` frame starts a run in
 a task of its own, inside a request scope of its own. When the socket closes, the runs it started
 with ``on_disconnect: cancel`` (the default) are cancelled and their scopes disposed; the others,
 and all of them when the socket was closed for falling behind (4408: the client can replay what
@@ -27,11 +29,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from src.container import AppContainer, request_scope
 from src.logs import bind, log_failure
-from src.services.auth import Caller, TicketCheckUnavailable, WsTickets
+from src.runs.domain import Run
+from src.runs.follower import KEEPALIVE, Follower
+from src.services.auth import Caller, TicketCheckUnavailable
 from src.services.broker import Frame, Subscription
 from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
 from src.services.limits import SocketCounter
+from src.web.auth import BEARER_SUBPROTOCOL, bearer_subprotocol, find_caller
 from src.web.errors import DATABASE_UNAVAILABLE
 from src.web.frames import CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
 
@@ -41,50 +46,16 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4408
 CLOSE_TOO_MANY_CONNECTIONS = 4429
 CLOSE_TRY_AGAIN_LATER = 1013
-# Browsers cannot set headers on a WebSocket: they send the token as a second subprotocol.
-BEARER_SUBPROTOCOL = "isochat.bearer"
-
-
-def _bearer_subprotocol(websocket: WebSocket) -> str | None:
-    """The token a browser sent as subprotocols ``["isochat.bearer", "<token>"]``, if any."""
-    offered = websocket.scope.get("subprotocols") or []
-    if BEARER_SUBPROTOCOL not in offered:
-        return None
-    others = [p for p in offered if p != BEARER_SUBPROTOCOL]
-    return others[0] if others else ""
-
-
-async def _caller_of(websocket: WebSocket, container: AppContainer) -> Caller:
-    """The user the socket authenticates as, by the first of: ``Authorization: Bearer``, the
-    ``isochat.bearer`` subprotocol, a ``ticket`` (single use), a ``token`` in the query (kept
-    for clients that have nothing else; redacted from every log line). A ticket never makes a
-    drill user: drills authenticate with their token."""
-    header = websocket.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        token = _bearer_subprotocol(websocket) or ""
-    if not token.strip() and (ticket := websocket.query_params.get("ticket", "").strip()):
-        tickets: WsTickets = container.ws_tickets()
-        return Caller(await tickets.redeem(ticket))
-    if not token.strip():
-        token = websocket.query_params.get("token", "")
-    if not token.strip():
-        raise Unauthorized(
-            "send Authorization: Bearer <token>, the subprotocols isochat.bearer and <token>, "
-            "or ?ticket=<ticket from POST /api/auth/ws-ticket>"
-        )
-    caller: Caller = container.tokens().caller_of(token.strip())
-    return caller
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     container: AppContainer = websocket.app.state.container
     # A client that offered the bearer subprotocol must get it back (a browser drops a socket
     # whose server picks none of the offered ones); never the token, which it also offered.
-    offered = _bearer_subprotocol(websocket) is not None
+    offered = bearer_subprotocol(websocket) is not None
     await websocket.accept(subprotocol=BEARER_SUBPROTOCOL if offered else None)
     try:
-        caller = await _caller_of(websocket, container)
+        caller = await find_caller(websocket)
     except Unauthorized:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
         return
@@ -124,24 +95,29 @@ async def _keep_counted(counter: SocketCounter, user_id: str, socket_id: str) ->
 class Connection:
     def __init__(self, websocket: WebSocket, *, caller: Caller, container: AppContainer) -> None:
         self._websocket = websocket
+        self._caller = caller
         self._user_id = caller.user_id
-        self._drill = caller.drill
         self._container = container
         settings = container.settings()
         self._max_bytes = settings.max_body_bytes
         self._max_chars = settings.max_message_chars
         self._max_pending = settings.ws_max_pending_frames
+        self._keepalive_s = settings.sse_keepalive_s
         self._rate_limiter = container.rate_limiter()
         # Runs and cancels started by this socket -> whether the socket's close cancels them.
         self._tasks: dict[asyncio.Task[None], bool] = {}
+        self._follower: Follower | None = None
 
     async def serve(self) -> None:
         broker = self._container.broker()
         gauge = self._container.metrics().ws_connections
         outbox = await broker.subscribe(self._user_id, max_pending=self._max_pending)
+        self._follower = Follower(
+            outbox, self._container.event_store(), keepalive_s=self._keepalive_s
+        )
         gauge.inc()
         reader = asyncio.create_task(self._read(outbox))
-        writer = asyncio.create_task(self._write(outbox))
+        writer = asyncio.create_task(self._write(self._follower))
         too_slow = asyncio.create_task(outbox.overflowed.wait())
         try:
             await asyncio.wait((reader, writer, too_slow), return_when=asyncio.FIRST_COMPLETED)
@@ -166,11 +142,11 @@ class Connection:
                 return
             await self._handle(message.get("text"), outbox)
 
-    async def _write(self, outbox: Subscription) -> None:
+    async def _write(self, follower: Follower) -> None:
         try:
-            while True:
-                frame = await outbox.frames.get()
-                await self._websocket.send_text(json.dumps(frame, ensure_ascii=False))
+            async for frame in follower.frames():
+                if frame is not KEEPALIVE:
+                    await self._websocket.send_text(json.dumps(frame, ensure_ascii=False))
         except (WebSocketDisconnect, OSError, RuntimeError):
             return  # the client is gone; the reader sees the disconnect too
 
@@ -227,15 +203,21 @@ class Connection:
         bind(request_id=request_id)  # this task's context: the run's log lines carry it
         await self._in_scope(
             lambda chat: chat.send_message(
-                user_id=self._user_id,
+                caller=self._caller,
                 thread_id=frame.thread_id,
                 content=frame.content,
                 request_id=request_id,
-                drill=self._drill,
+                on_started=self._started,
             ),
             outbox,
             request_id=frame.request_id,
         )
+
+    def _started(self, run: Run) -> None:
+        """A run this socket started: every one of its events reaches it, missed ones from
+        the store."""
+        if self._follower is not None:
+            self._follower.follow(run.id)
 
     async def _cancel(self, frame: CancelFrame, outbox: Subscription) -> None:
         await self._in_scope(

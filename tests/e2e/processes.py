@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from src.services.domain import FINAL_EVENT_TYPES
+from src.runs.domain import FINAL_EVENT_TYPES
 from tests.e2e.test_server import ISOCHAT, Server, environment, free_port
 from tests.helpers import serving
 from tests.llm_server import FakeModelServer

@@ -19,9 +19,9 @@ import pytest
 from starlette.applications import Starlette
 
 from src.container import AppContainer, build_container, shutdown
+from src.drill.faults import DRILL_CLAIM, DrillClaim, drill_proof
 from src.services.auth import TokenService
 from src.services.database.migrations import upgrade_to_head
-from src.services.drill import DRILL_CLAIM, drill_proof
 from src.settings import DEVELOPMENT_AUTH_SECRET, Settings
 from src.web.app import create_app
 from tests.helpers import NO_LEAKS, leaks_once_settled, new_thread, send
@@ -34,8 +34,8 @@ QUESTION = "what is 6 * 7?"
 def drill_token(user_id: str, *, secret: str = DRILL_SECRET) -> str:
     """A drill user's token, as `isochat drill` makes it (with ``secret`` as the drill
     secret)."""
-    tokens = TokenService(secret=DEVELOPMENT_AUTH_SECRET, ttl_s=600, drill_secret=secret)
-    return tokens.issue(user_id, drill=True)
+    tokens = TokenService(secret=DEVELOPMENT_AUTH_SECRET, ttl_s=600)
+    return tokens.issue(user_id, extend=DrillClaim(secret).add_to)
 
 
 def bearer(token: str) -> dict[str, str]:

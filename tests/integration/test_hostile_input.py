@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 
 from src.container import AppContainer, build_container
 from src.logs import ContextFilter
+from src.runs.domain import FINAL_EVENT_TYPES
 from src.services.database.models import Base, MessageRow, RunEventRow, RunRow, ThreadRow
-from src.services.domain import FINAL_EVENT_TYPES
 from src.services.limits import RateLimiter
 from src.settings import Settings
 from src.web.app import create_app

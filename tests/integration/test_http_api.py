@@ -11,8 +11,8 @@ import pytest
 from dependency_injector import providers
 
 from src.container import AppContainer
+from src.runs.domain import FINAL_EVENT_TYPES
 from src.services.database.engine import Database, create_engine
-from src.services.domain import FINAL_EVENT_TYPES
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, orphan_run, send, wait_for_run
 
@@ -337,13 +337,13 @@ async def test_a_server_error_is_500_internal_error_without_details(
     def explode() -> None:
         raise RuntimeError("secret internal detail")
 
-    container.request.chat.override(providers.Callable(explode))
+    container.request.threads.override(providers.Callable(explode))
     headers = auth(container, "alice")
     response = await client.get("/api/threads", headers=headers | {"X-Request-ID": "req-500"})
     assert_error(response, 500, "internal_error")
     assert response.headers["x-request-id"] == "req-500"
     assert "secret" not in response.text and "Traceback" not in response.text
-    container.request.chat.reset_override()
+    container.request.threads.reset_override()
     assert (await client.get("/api/threads", headers=headers)).status_code == 200
     assert leaks(container) == NO_LEAKS
 

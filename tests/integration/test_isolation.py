@@ -16,9 +16,9 @@ from src.agents.base import Agent, AgentTracker, RunEvents
 from src.agents.specialists import MathAgent
 from src.agents.tool import Tool
 from src.container import AppContainer
+from src.runs.usage import RunUsage
 from src.services.llm import LLM
 from src.services.metrics import Metrics
-from src.services.usage import RunUsage
 from src.settings import Settings
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
 from src.container import AppContainer, build_container, shutdown
+from src.runs.domain import FINAL_EVENT_TYPES
 from src.services.database.engine import Database, create_engine
 from src.services.database.migrations import upgrade_to_head
-from src.services.domain import FINAL_EVENT_TYPES
 from src.services.limits import (
     InProcessSocketCounter,
     RateLimiter,

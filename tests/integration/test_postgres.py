@@ -130,17 +130,18 @@ async def test_concurrent_load_with_failures_on_postgres(
 
 
 async def backend_waiting_on_a_lock(
-    admin: asyncpg.Connection, database: str, *, not_pid: int
+    admin: asyncpg.Connection, database: str, *, not_pid: int, query: str = "UPDATE runs%"
 ) -> int:
-    """The pid of the application's connection that waits on a row lock (polled: PostgreSQL
-    has no event for it)."""
+    """The pid of the application's connection that waits on a row lock in a statement like
+    ``query`` (polled: PostgreSQL has no event for it)."""
     async with asyncio.timeout(60):
         while True:
             pid = await admin.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
-                " AND pid <> $2 AND pid <> pg_backend_pid() AND query LIKE 'UPDATE runs%'",
+                " AND pid <> $2 AND pid <> pg_backend_pid() AND query LIKE $3",
                 database,
                 not_pid,
+                query,
             )
             if pid is not None:
                 return int(pid)
@@ -150,10 +151,11 @@ async def backend_waiting_on_a_lock(
 async def test_the_end_of_a_run_survives_its_connection_being_killed(
     settings: Settings, postgres_url: str
 ) -> None:
-    """The run's row is locked by another transaction when the run ends; its connection is
-    killed with pg_terminate_backend while it waits, twice (once in an event write, once in the
-    terminal write): the terminal write is retried on a fresh connection, and once the lock is
-    released exactly one final event is stored and the run is counted once."""
+    """The run's row is locked by another transaction when the run ends; its connections are
+    killed with pg_terminate_backend while they wait, three times: in an event write, in the
+    read-back that asks whether that write committed all the same, and in the terminal write.
+    The terminal write is tried again on a fresh connection after reading back, and once the
+    lock is released exactly one final event is stored and the run is counted once."""
     slow_settings = settings.model_copy(update={"db_timeout_s": 30.0})  # waits end by our kills
     await asyncio.to_thread(upgrade_to_head, postgres_url)
     container = build_container(slow_settings)
@@ -177,6 +179,10 @@ async def test_the_end_of_a_run_survives_its_connection_being_killed(
             gate.opened.set()  # the run's next write waits on our lock
             in_event = await backend_waiting_on_a_lock(watcher, database, not_pid=0)
             assert await watcher.fetchval("SELECT pg_terminate_backend($1)", in_event)
+            reading_back = await backend_waiting_on_a_lock(
+                watcher, database, not_pid=in_event, query="SELECT runs%FOR UPDATE"
+            )
+            assert await watcher.fetchval("SELECT pg_terminate_backend($1)", reading_back)
             in_end = await backend_waiting_on_a_lock(watcher, database, not_pid=in_event)
             assert await watcher.fetchval("SELECT pg_terminate_backend($1)", in_end)
             status = await admin.fetchval("SELECT status FROM runs WHERE id = $1", run_id)

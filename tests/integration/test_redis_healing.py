@@ -24,8 +24,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from src.runs.domain import Event
 from src.services.broker import Frame, Subscription
-from src.services.domain import Event
 from src.services.redis_broker import GAP_MESSAGE, RedisBroker, gap_frame
 from tests.helpers import reachable_redis
 

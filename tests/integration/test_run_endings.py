@@ -18,9 +18,10 @@ from dependency_injector import providers
 from sqlalchemy import select
 
 from src.container import AppContainer, build_container, shutdown
+from src.runs.ender import Outcome, RunEnder
+from src.runs.ledger import Ended
 from src.services.database.migrations import upgrade_to_head
 from src.services.database.models import RunRow
-from src.services.events import EventEmitter
 from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import Gate, hold_triage
@@ -47,7 +48,7 @@ async def swept(container: AppContainer) -> bool:
 
 
 async def retried(caplog: pytest.LogCaptureFixture) -> bool:
-    return any("could not be written" in r.message for r in caplog.records)
+    return any(r.getMessage().startswith("the end of run") for r in caplog.records)
 
 
 async def within(awaitable: Any) -> Any:
@@ -204,7 +205,7 @@ async def test_the_end_of_a_run_is_written_once_a_held_write_lock_is_released(
             locker = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
             locker.execute("BEGIN IMMEDIATE")  # the write lock, until we commit
             try:
-                with caplog.at_level(logging.WARNING, logger="src.services.events"):
+                with caplog.at_level(logging.WARNING, logger="src.runs"):
                     gate.opened.set()
                     await until(lambda: retried(caplog))
                 status = locker.execute(
@@ -234,19 +235,21 @@ async def test_the_end_of_a_run_is_written_once_a_held_write_lock_is_released(
 # a cancel races the run's completion
 
 
-class LateCancelEmitter(EventEmitter):
+class LateCancelEnder(RunEnder):
     """Completes the run when a cancel arrives at the very end: the cancel lands while the
-    completion is being written, as it can in production (the write is shielded, so it
+    completion is being stored, as it can in production (the ender's write is shielded, so it
     commits, and the cancel is delivered right after)."""
 
     gate: Gate
 
-    async def complete(self, *, content: str) -> Any:
+    async def end(self, *, outcome: Outcome, **run: Any) -> Ended | None:
+        if outcome.status != "completed":
+            return await super().end(outcome=outcome, **run)
         self.gate.reached.set()
         try:
             await asyncio.Event().wait()  # until the cancel arrives
         except asyncio.CancelledError:
-            await super().complete(content=content)
+            await super().end(outcome=outcome, **run)
             raise
         raise AssertionError("unreachable")
 
@@ -258,16 +261,14 @@ async def test_a_cancel_that_loses_the_race_with_completion_is_a_conflict(
     with the completed run, the message POST answers the stored answer, the run has one final
     event, and it is counted once, as completed."""
     gate = Gate()
-    LateCancelEmitter.gate = gate
-    request = container.request
-    request.emitter.override(
-        providers.Factory(
-            LateCancelEmitter,
-            context=request.run_context,
-            database=request.database,
-            broker=request.broker,
-            lease=request.lease,
-            usage=request.usage,
+    LateCancelEnder.gate = gate
+    container.ender.override(
+        providers.Singleton(
+            LateCancelEnder,
+            database=container.database,
+            broker=container.broker,
+            metrics=container.metrics,
+            retry_for_s=1.0,
         )
     )
     headers = auth(container, "dave")
@@ -288,5 +289,5 @@ async def test_a_cancel_that_loses_the_race_with_completion_is_a_conflict(
     finals = [e["type"] for e in events if e["type"] in ("run_completed", "run_cancelled")]
     assert finals == ["run_completed"]
     assert runs_total(container, "completed") == 1 and runs_total(container, "cancelled") == 0
-    request.emitter.reset_override()
+    container.ender.reset_override()
     assert leaks(container) == NO_LEAKS

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.agents.context import RunContext
 from src.agents.triage import TriageAgent
 from src.container import AppContainer, RequestContainer, build_container, request_scope
+from src.runs.domain import RunContext, utcnow
 from src.scoping import RequestScope, ScopeError, current_scope
-from src.services.database.models import Base, ThreadRow, utcnow
+from src.services.database.models import Base, ThreadRow
 from src.settings import Settings
 from tests.helpers import NO_LEAKS, leaks
 
@@ -125,7 +125,7 @@ async def test_calling_a_request_provider_on_the_class_fails_clearly_and_breaks_
         async with container.database().engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
         async with request_scope(container):
-            thread = await container.request.chat().create_thread(user_id="u", title="ok")
+            thread = await container.request.threads().create_thread(user_id="u", title="ok")
         assert thread.title == "ok"
         assert leaks(container) == NO_LEAKS
     finally:

@@ -15,8 +15,8 @@ from dependency_injector import providers
 from websockets.exceptions import ConnectionClosed
 
 from src.container import AppContainer
+from src.runs.domain import FINAL_EVENT_TYPES
 from src.services.database.engine import Database, create_engine
-from src.services.domain import FINAL_EVENT_TYPES
 from src.web.app import create_app
 from tests.fakes import hold_triage, install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks_once_settled, new_thread, send

@@ -7,6 +7,7 @@ import time
 import jwt
 import pytest
 
+from src.drill.faults import DrillClaim
 from src.services.auth import TokenService
 from src.services.errors import Unauthorized
 from src.settings import DEVELOPMENT_AUTH_SECRET, Settings
@@ -60,17 +61,15 @@ def test_a_token_verified_before_still_expires() -> None:
         tokens.user_of(token)
 
 
-def test_only_a_claim_made_with_the_drill_secret_makes_a_drill_user() -> None:
-    """A drill user's token is a normal token for its user; it makes a drill user only where
-    the same drill secret is set, and never where none is."""
-    drill_secret = "d" * 40
-    maker = TokenService(secret=SECRET, ttl_s=60, drill_secret=drill_secret)
-    token = maker.issue("drill-1", drill=True)
-    assert maker.caller_of(token).drill
-    assert maker.caller_of(maker.issue("drill-1")).drill is False
-    elsewhere = TokenService(secret=SECRET, ttl_s=60, drill_secret="e" * 40)
+def test_only_a_claim_made_with_the_drill_secret_grants_drill() -> None:
+    """A drill user's token is a normal token for its user; its claim grants `drill` only
+    where the same drill secret is the claims hook, and never where none is."""
+    claim = DrillClaim("d" * 40)
+    maker = TokenService(secret=SECRET, ttl_s=60, grants=claim)
+    token = maker.issue("drill-1", extend=claim.add_to)
+    assert maker.caller_of(token).grants == {"drill"}
+    assert maker.caller_of(maker.issue("drill-1")).grants == frozenset()
+    elsewhere = TokenService(secret=SECRET, ttl_s=60, grants=DrillClaim("e" * 40))
     assert elsewhere.caller_of(token).user_id == "drill-1"
-    assert elsewhere.caller_of(token).drill is False
-    assert TokenService(secret=SECRET, ttl_s=60).caller_of(token).drill is False
-    with pytest.raises(ValueError, match="ISOCHAT_DRILL_SECRET"):
-        TokenService(secret=SECRET, ttl_s=60).issue("drill-1", drill=True)
+    assert elsewhere.caller_of(token).grants == frozenset()
+    assert TokenService(secret=SECRET, ttl_s=60).caller_of(token).grants == frozenset()

@@ -8,9 +8,16 @@ import json
 
 import pytest
 
-from src.agents.triage import FALLBACK_ROUTE, ROUTE_PROMPT, Route, chosen_route, route_tool
+from src.agents.triage import (
+    FALLBACK_ROUTE,
+    ROUTE_PROMPT,
+    ROUTE_TOOL,
+    Route,
+    chosen_route,
+    route_tool,
+)
 from src.services.llm import ChatMessage, Reply, ToolCall
-from src.services.llm.offline import ROUTE_TOOL, OfflineLLM
+from src.services.llm.offline import OfflineLLM
 
 ROUTES = {
     name: Route(description=what, agent=lambda: None)  # type: ignore[arg-type, return-value]

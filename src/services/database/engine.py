@@ -7,7 +7,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
@@ -20,30 +20,41 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
-from src.aio import uninterrupted
+from src.aio import DeadlineExceeded, uninterrupted
+from src.runs.domain import RunError, RunFailure
 from src.services.database.migrations import current_revision_is_head
 from src.services.metrics import Metrics
 
 T = TypeVar("T")
-
-STEP_TIMEOUT = "isochat_step_timeout_s"  # in a session's info: the deadline of atomic()
-
-
-class DatabaseTimeout(Exception):
-    """A database step did not finish within its deadline: the database is hung or locked."""
+P = ParamSpec("P")
 
 
-# Failures of reaching the database (down, lost connection, locked, hung, pool exhausted), as
-# opposed to a bug in a statement: worth a retry on a fresh connection, or a 503.
+class DatabaseUnavailable(RunFailure):
+    """The database could not be reached or used in time (down, lost connection, locked, hung,
+    pool exhausted), as opposed to a statement that is wrong: worth a retry on a fresh
+    connection, or a 503. A run it ends fails ``database_error``."""
+
+    code = "database_error"
+    default_message = "the database failed during the run"
+
+    def as_run_error(self) -> RunError:
+        return RunError(self.code, self.default_message)  # the details are for the log
+
+
+class DatabaseTimeout(DatabaseUnavailable):
+    """A database step did not finish within its deadline: the database is hung or locked. A
+    write cut off this way may still commit: what is stored says (see ``src/runs/ender.py``)."""
+
+
+# Failures of reaching the database (SQLAlchemy's, and ours), not bugs in a statement.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OperationalError,
     InterfaceError,
     PoolTimeout,
-    DatabaseTimeout,
-    ConnectionError,
-    TimeoutError,  # asyncpg's statement timeout (command_timeout) surfaces as a bare one
+    DatabaseUnavailable,
 )
 
 
@@ -57,10 +68,17 @@ def unavailable(exc: BaseException) -> bool:
 
 
 async def _within_deadline(work: Awaitable[T], timeout_s: float | None) -> T:
+    """``work`` (a database step, and nothing else) to its end, within ``timeout_s``. A timeout
+    is told by where it came from: the step's own deadline is ``DatabaseTimeout``; a bare
+    ``TimeoutError`` or ``ConnectionError`` from inside the step is the driver's (asyncpg's
+    statement timeout, a socket lost under it) and is ``DatabaseUnavailable``. Anywhere else,
+    such errors are not the database's."""
     try:
         return await uninterrupted(work, timeout_s=timeout_s)
-    except TimeoutError as exc:
+    except DeadlineExceeded as exc:
         raise DatabaseTimeout(f"a database step took longer than {timeout_s:g} s") from exc
+    except (TimeoutError, ConnectionError) as exc:
+        raise DatabaseUnavailable(f"the database driver gave up: {exc!r}") from exc
 
 
 def create_engine(
@@ -224,9 +242,10 @@ def create_probe_engine(engine: AsyncEngine) -> AsyncEngine:
 
 
 class Database:
-    """Engines, session factory and the count of open sessions.
-
-    Writes go through ``transaction`` (the writer engine); sessions are for reads."""
+    """Engines, session factory and the count of open sessions, and the one way to run a
+    transaction: ``write(fn, ...)`` on the writer, ``read(fn, ...)`` on a pooled connection
+    (a request reads with its own session: ``Transactions``). ``fn`` is plain code on a
+    ``Connection`` (``src/services/database/repositories.py``, ``src/runs/ledger.py``)."""
 
     def __init__(self, engine: AsyncEngine, metrics: Metrics, *, timeout_s: float = 10.0) -> None:
         self.engine = engine
@@ -236,15 +255,50 @@ class Database:
         # A shielded step (a whole transaction) may run a few statements, each bounded by the
         # driver at timeout_s: this is the backstop for what the driver cannot bound.
         self.step_timeout_s = 2 * timeout_s
-        self._sessionmaker = async_sessionmaker(
-            engine, expire_on_commit=False, info={STEP_TIMEOUT: self.step_timeout_s}
-        )
+        self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def transaction(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` (plain code on a connection: the ledger's Core statements) in one short
-        write transaction, committed; finished even if the caller is cancelled meanwhile, and
-        bounded by the step deadline."""
-        return await _within_deadline(self._writer.run(work), self.step_timeout_s)
+    async def write(
+        self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``work(conn, *args, **kwargs)`` in one short write transaction, committed (rolled
+        back if it raised); finished even if the caller is cancelled meanwhile, and bounded by
+        the step deadline."""
+
+        def transaction(conn: Connection) -> T:
+            return work(conn, *args, **kwargs)
+
+        return await _within_deadline(self._writer.run(transaction), self.step_timeout_s)
+
+    async def read(
+        self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``work(conn, *args, **kwargs)`` in one short read transaction on a pooled connection,
+        for code that serves no request (following runs, sweeps)."""
+
+        async def read() -> T:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(work, *args, **kwargs)
+
+        return await _within_deadline(read(), self.step_timeout_s)
+
+    async def read_in(
+        self,
+        session: AsyncSession,
+        work: Callable[Concatenate[Connection, P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``read``, on ``session`` (a request's): its transaction ends with the read."""
+
+        def on_connection(sync_session: Session) -> T:
+            return work(sync_session.connection(), *args, **kwargs)
+
+        async def read() -> T:
+            async with session.begin():
+                return await session.run_sync(on_connection)
+
+        return await _within_deadline(read(), self.step_timeout_s)
 
     def open_session(self) -> AsyncSession:
         session = self._sessionmaker()
@@ -281,18 +335,21 @@ class Database:
             await self._probe.dispose()
 
 
-async def transaction(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one short transaction that commits, or rolls back on any error."""
-    async with session.begin():
-        return await work(session)
+class Transactions:
+    """A request's transactions: reads on its own session (a request-scoped resource, closed
+    with the scope), writes on the database's writer. Use cases, tools and agents run every
+    transaction through this, one call each: ``await tx.read(repo.get_run, run_id=...)``."""
 
+    def __init__(self, *, session: AsyncSession, database: Database) -> None:
+        self.session = session
+        self._database = database
 
-async def atomic(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """``transaction``, finished even if the caller is cancelled meanwhile (then re-raised),
-    within the session's step deadline (``TimeoutError`` past it).
+    async def read(
+        self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self._database.read_in(self.session, work, *args, **kwargs)
 
-    A transaction cut half-way would leave its connection checked out of the pool and the
-    session unusable for the run's final write.
-    """
-    timeout_s: float | None = session.info.get(STEP_TIMEOUT)
-    return await _within_deadline(transaction(session, work), timeout_s)
+    async def write(
+        self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self._database.write(work, *args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, MetaData, String, Text, text
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -39,10 +39,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -87,7 +83,7 @@ class RunRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The serving process that executes the run, and until when it vouches for it: a run whose
-    # lease has expired may be ended by any process (see src/services/ledger.py).
+    # lease has expired may be ended by any process (see src/runs/ledger.py).
     owner_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The seq of the run's newest event. Taking the next one is an UPDATE of this row that also
@@ -121,3 +117,10 @@ class RunEventRow(Base):
     agent: Mapped[str | None] = mapped_column(String(64))
     data: Mapped[str] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# The tables, for SQLAlchemy Core statements (nothing goes through the ORM's unit of work).
+THREADS: Table = ThreadRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
+MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]

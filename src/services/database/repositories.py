@@ -1,6 +1,9 @@
-"""Reads and writes of threads and reads of messages, runs and events (the run ledger,
-``src/services/ledger.py``, is the one writer of runs, their events and run messages).
-Repositories never commit: the use case owns the transaction.
+"""Reads and writes of threads, and reads of messages, runs and events (the run ledger,
+``src/runs/ledger.py``, is the one writer of runs, their events and run messages).
+
+One calling convention: every function is plain synchronous code on a ``Connection`` and never
+commits; the caller runs it in one transaction, ``Database.write(fn, ...)`` for writes,
+``Transactions.read(fn, ...)`` (the request's session) or ``Database.read(fn, ...)`` for reads.
 
 Every read of user data filters by its owner in the query itself, so a caller cannot forget to.
 Statements are SQLAlchemy Core on the tables (rows, not ORM objects): no identity map, no unit of
@@ -14,30 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import Row, Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Row, and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
-from src.services.domain import Event, Message, Run, RunError, RunStatus, Thread
-from src.services.llm import Usage
+from src.runs.domain import Event, Message, Run, RunError, RunStatus, Thread, Usage
+from src.services.database.models import EVENTS, MESSAGES, RUNS, THREADS
 
 T = TypeVar("T")
-
-THREADS: Table = ThreadRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
-MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
-RUNS: Table = RunRow.__table__  # type: ignore[assignment]
-EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
-
-
-def _thread(row: Row[Any]) -> Thread:
-    return Thread(
-        id=row.id,
-        user_id=row.user_id,
-        title=row.title,
-        created_at=row.created_at,
-        active_run_id=row.active_run_id,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +34,20 @@ class Page(Generic[T]):
     next_after: tuple[datetime, str] | None
 
 
-# A thread with the id of its running run (or NULL): the partial unique index allows one.
-_THREADS_WITH_RUN = select(THREADS, RUNS.c.id.label("active_run_id")).outerjoin(
-    RUNS, and_(RUNS.c.thread_id == THREADS.c.id, RUNS.c.status == "running")
-)
+# rows as domain objects (the ledger reads back with these too)
 
 
-def _message(row: Row[Any]) -> Message:
+def thread_of(row: Row[Any]) -> Thread:
+    return Thread(
+        id=row.id,
+        user_id=row.user_id,
+        title=row.title,
+        created_at=row.created_at,
+        active_run_id=row.active_run_id,
+    )
+
+
+def message_of(row: Row[Any]) -> Message:
     role: Literal["user", "assistant"] = "assistant" if row.role == "assistant" else "user"
     return Message(
         id=row.id,
@@ -66,11 +59,11 @@ def _message(row: Row[Any]) -> Message:
     )
 
 
-def _run(row: Row[Any]) -> Run:
+def run_of(row: Row[Any]) -> Run:
     error = None
     if row.error_code is not None:
         error = RunError(code=row.error_code, message=row.error_message or "")
-    status: RunStatus = row.status  # constrained by the writers
+    status: RunStatus = row.status  # constrained by the database (CHECK) and the ledger
     return Run(
         id=row.id,
         thread_id=row.thread_id,
@@ -86,12 +79,14 @@ def _run(row: Row[Any]) -> Run:
     )
 
 
-def _event(row: Row[Any]) -> Event:
+def event_of(row: Row[Any], *, thread_id: str | None = None) -> Event:
+    """An event from its row; ``thread_id`` when the row does not carry it (joined from its
+    run)."""
     data: dict[str, Any] = json.loads(row.data)
     return Event(
         type=row.type,
         run_id=row.run_id,
-        thread_id=row.thread_id,
+        thread_id=thread_id if thread_id is not None else row.thread_id,
         seq=row.seq,
         ts=row.ts,
         agent=row.agent,
@@ -99,28 +94,40 @@ def _event(row: Row[Any]) -> Event:
     )
 
 
+def _page(items: list[Any], limit: int) -> Page[Any]:
+    """``items`` (at most one more than ``limit``, fetched to learn whether more follow) as a
+    page of ``limit``."""
+    if len(items) <= limit:
+        return Page(items, None)
+    last = items[limit - 1]
+    return Page(items[:limit], (last.created_at, last.id))
+
+
 # threads
+
+# A thread with the id of its running run (or NULL): the partial unique index allows one.
+_THREADS_WITH_RUN = select(THREADS, RUNS.c.id.label("active_run_id")).outerjoin(
+    RUNS, and_(RUNS.c.thread_id == THREADS.c.id, RUNS.c.status == "running")
+)
 
 
 def add_thread(conn: Connection, thread: Thread) -> None:
-    """A write: runs in ``Database.transaction`` like the ledger's."""
     conn.execute(
-        insert(ThreadRow).values(
+        insert(THREADS).values(
             id=thread.id, user_id=thread.user_id, title=thread.title, created_at=thread.created_at
         )
     )
 
 
-async def get_thread(session: AsyncSession, *, thread_id: str, user_id: str) -> Thread | None:
-    result = await session.execute(
+def get_thread(conn: Connection, *, thread_id: str, user_id: str) -> Thread | None:
+    row = conn.execute(
         _THREADS_WITH_RUN.where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
-    )
-    row = result.first()
-    return None if row is None else _thread(row)
+    ).first()
+    return None if row is None else thread_of(row)
 
 
-async def list_threads(
-    session: AsyncSession, *, user_id: str, limit: int, after: tuple[datetime, str] | None = None
+def list_threads(
+    conn: Connection, *, user_id: str, limit: int, after: tuple[datetime, str] | None = None
 ) -> Page[Thread]:
     """The user's threads, newest first, ``limit`` at a time, from after ``after`` (the
     ``(created_at, id)`` of the last one of the page before)."""
@@ -130,11 +137,8 @@ async def list_threads(
         query = query.where(
             or_(THREADS.c.created_at < at, and_(THREADS.c.created_at == at, THREADS.c.id > last_id))
         )
-    rows = await session.execute(
-        query.order_by(THREADS.c.created_at.desc(), THREADS.c.id).limit(limit + 1)
-    )
-    threads = [_thread(r) for r in rows]
-    return _page(threads, limit)
+    rows = conn.execute(query.order_by(THREADS.c.created_at.desc(), THREADS.c.id).limit(limit + 1))
+    return _page([thread_of(r) for r in rows], limit)
 
 
 def rename_thread(conn: Connection, *, thread_id: str, user_id: str, title: str) -> bool:
@@ -169,28 +173,19 @@ def delete_idle_thread(conn: Connection, *, thread_id: str, user_id: str) -> boo
     return True
 
 
-def _page(items: list[Any], limit: int) -> Page[Any]:
-    """``items`` (at most one more than ``limit``, fetched to learn whether more follow) as a
-    page of ``limit``."""
-    if len(items) <= limit:
-        return Page(items, None)
-    last = items[limit - 1]
-    return Page(items[:limit], (last.created_at, last.id))
-
-
 # messages
 
 
-async def assistant_message(session: AsyncSession, *, run_id: str) -> Message | None:
-    result = await session.execute(
+def assistant_message(conn: Connection, *, run_id: str) -> Message | None:
+    """The answer a completed run stored."""
+    row = conn.execute(
         select(MESSAGES).where(MESSAGES.c.run_id == run_id, MESSAGES.c.role == "assistant")
-    )
-    row = result.first()
-    return None if row is None else _message(row)
+    ).first()
+    return None if row is None else message_of(row)
 
 
-async def list_messages(
-    session: AsyncSession,
+def list_messages(
+    conn: Connection,
     *,
     thread_id: str,
     user_id: str,
@@ -214,31 +209,61 @@ async def list_messages(
     query = query.order_by(MESSAGES.c.created_at, MESSAGES.c.id)
     if limit is not None:
         query = query.limit(limit + 1)
-    messages = [_message(r) for r in await session.execute(query)]
+    messages = [message_of(r) for r in conn.execute(query)]
     return _page(messages, limit) if limit is not None else Page(messages, None)
 
 
-# runs
-
-
-async def get_run(session: AsyncSession, *, run_id: str, user_id: str) -> Run | None:
-    result = await session.execute(
-        select(RUNS).where(RUNS.c.id == run_id, RUNS.c.user_id == user_id)
+def thread_messages(
+    conn: Connection,
+    *,
+    thread_id: str,
+    user_id: str,
+    limit: int,
+    after: tuple[datetime, str] | None = None,
+) -> Page[Message] | None:
+    """``list_messages`` of the user's thread; None when the user has no such thread."""
+    owned = conn.scalar(
+        select(THREADS.c.id).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
     )
-    row = result.first()
-    return None if row is None else _run(row)
+    if owned is None:
+        return None
+    return list_messages(conn, thread_id=thread_id, user_id=user_id, limit=limit, after=after)
 
 
-# events
+# runs and events
 
 
-async def list_events(
-    session: AsyncSession, *, run_id: str, user_id: str, after: int
-) -> list[Event]:
-    rows = await session.execute(
+def get_run(conn: Connection, *, run_id: str, user_id: str) -> Run | None:
+    row = conn.execute(select(RUNS).where(RUNS.c.id == run_id, RUNS.c.user_id == user_id)).first()
+    return None if row is None else run_of(row)
+
+
+def list_events(conn: Connection, *, run_id: str, user_id: str, after: int) -> list[Event]:
+    rows = conn.execute(
         select(EVENTS, RUNS.c.thread_id)
         .join(RUNS, RUNS.c.id == EVENTS.c.run_id)
         .where(EVENTS.c.run_id == run_id, RUNS.c.user_id == user_id, EVENTS.c.seq > after)
         .order_by(EVENTS.c.seq)
     )
-    return [_event(row) for row in rows]
+    return [event_of(row) for row in rows]
+
+
+def run_events(conn: Connection, *, run_id: str, user_id: str, after: int) -> list[Event] | None:
+    """``list_events`` of the user's run; None when the user has no such run."""
+    owned = conn.scalar(select(RUNS.c.id).where(RUNS.c.id == run_id, RUNS.c.user_id == user_id))
+    if owned is None:
+        return None
+    return list_events(conn, run_id=run_id, user_id=user_id, after=after)
+
+
+def runs_since(conn: Connection, *, user_id: str, since: datetime) -> list[str]:
+    """The ids of the user's runs not ended, or ended at ``since`` or later, oldest first."""
+    rows = conn.execute(
+        select(RUNS.c.id)
+        .where(
+            RUNS.c.user_id == user_id,
+            or_(RUNS.c.finished_at.is_(None), RUNS.c.finished_at >= since),
+        )
+        .order_by(RUNS.c.created_at)
+    )
+    return [run_id for (run_id,) in rows]

@@ -9,7 +9,6 @@ from src.services.llm.base import (
     TextSink,
     ToolCall,
     ToolSpec,
-    Usage,
 )
 
 __all__ = [
@@ -21,5 +20,4 @@ __all__ = [
     "TextSink",
     "ToolCall",
     "ToolSpec",
-    "Usage",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from typing_extensions import TypedDict
+from src.runs.domain import RunFailure, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +44,6 @@ class ToolSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-class UsageJSON(TypedDict):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-        )
-
-    def to_json(self) -> UsageJSON:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-
-
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One turn of the model: text, tool calls, or both; ``usage`` when the server said."""
@@ -82,12 +62,15 @@ TOO_SLOW = "the language model did not answer in time"
 INVALID_REPLY = "the language model answered something that is not a valid reply"
 
 
-class LLMError(Exception):
+class LLMError(RunFailure):
     """The model failed to answer (HTTP error, garbage, refused connection): ``llm_error``.
 
     ``str(exc)`` is the message for the run's user; ``detail`` (the server's URL without
     credentials, the status, an excerpt of the answer) is for operators only, and the adapter
     that raised it has already logged it with the run's ids."""
+
+    code = "llm_error"
+    default_message = "the language model failed"
 
     def __init__(self, message: str = UNAVAILABLE, *, detail: str | None = None) -> None:
         super().__init__(message)
@@ -96,6 +79,9 @@ class LLMError(Exception):
 
 class LLMTimeout(LLMError):
     """One model call took longer than its bound: the run fails with ``timeout``."""
+
+    code = "timeout"
+    default_message = TOO_SLOW
 
     def __init__(self, message: str = TOO_SLOW, *, detail: str | None = None) -> None:
         super().__init__(message, detail=detail)

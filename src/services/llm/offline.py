@@ -3,9 +3,10 @@
 It speaks the same protocol as a remote model, tool calls included, so every offline run goes
 through the agent loop's real code path:
 
-- asked to call ``choose_route``, it calls it with the route the message fits (arithmetic to
-  ``math``, questions about the conversation to ``history``, a route whose name the message
-  says to that route, anything else to ``general``);
+- asked to call a tool that takes a ``route`` (triage's ``choose_route``), it calls it with the
+  route the message fits (arithmetic to ``math``, questions about the conversation to
+  ``history``, a route whose name the message says to that route, anything else to
+  ``general``);
 - offered the ``calculator``, it calls it with the one calculation it finds in the message
   (``src/services/llm/arithmetic.py``), then answers ``<expression> = <result>``; where it
   finds none (or several) it says plainly that it cannot tell what to calculate;
@@ -24,13 +25,15 @@ import json
 import re
 from collections.abc import Sequence
 
+from src.runs.domain import Usage
 from src.services.llm.arithmetic import find_arithmetic
-from src.services.llm.base import ChatMessage, Reply, TextSink, ToolCall, ToolSpec, Usage
+from src.services.llm.base import ChatMessage, Reply, TextSink, ToolCall, ToolSpec
 
-ROUTE_TOOL = "choose_route"
+# The tools it knows by name, as a model knows the tools it was trained on (isochat's own:
+# src/agents/tools.py), and what the history tool answers for a thread with no earlier
+# messages (tests/unit/test_tools.py checks that the tool says just that).
 CALCULATOR = "calculator"
 HISTORY = "conversation_history"
-# What the history tool answers for a thread without earlier messages.
 NO_EARLIER_MESSAGES = "no earlier messages"
 
 _CALCULATION_WORDS = re.compile(r"\b(sqrt|square root|calculate|compute|percent)\b", re.I)
@@ -81,9 +84,9 @@ def _turn(
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     user = messages[last_user].content if last_user >= 0 else ""
     offered = {tool.name: tool for tool in tools}
-    if require_tool == ROUTE_TOOL and ROUTE_TOOL in offered:
-        route = choose_route(user, _route_options(offered[ROUTE_TOOL]))
-        return _call(ROUTE_TOOL, {"route": route})
+    required = offered.get(require_tool or "")
+    if required is not None and _route_options(required):
+        return _call(required.name, {"route": choose_route(user, _route_options(required))})
     this_run = messages[last_user + 1 :]
     results = [m for m in this_run if m.role == "tool"]
     if results:
@@ -118,8 +121,9 @@ def choose_route(user: str, options: Sequence[str]) -> str:
 
 
 def _route_options(tool: ToolSpec) -> list[str]:
+    """The routes a tool that takes a ``route`` offers (none for any other tool)."""
     route = tool.parameters.get("properties", {}).get("route", {})
-    return [str(option) for option in route.get("enum", [])] or ["general"]
+    return [str(option) for option in route.get("enum", [])]
 
 
 def _answer_from(results: Sequence[ChatMessage], this_run: Sequence[ChatMessage]) -> str:

@@ -35,6 +35,7 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletionChunk
 
+from src.runs.domain import Usage
 from src.services.llm.base import (
     INVALID_REPLY,
     ChatMessage,
@@ -44,7 +45,6 @@ from src.services.llm.base import (
     TextSink,
     ToolCall,
     ToolSpec,
-    Usage,
 )
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
-"""The runs this process is executing right now, so a cancel can reach their tasks, their leases
-can be renewed, and shutdown can end them."""
+"""The runs this process is executing right now, so that a cancel can reach their tasks, their
+leases can be renewed, and shutdown can end them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ class RunRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         # Runs being stored, whose task does not exist yet: a cancel that arrives between the
-        # commit and the task's start waits here for the task instead of missing it.
-        self._starting: dict[str, asyncio.Future[asyncio.Task[Any] | None]] = {}
+        # commit and the task's start is kept here (True) and delivered when the task starts.
+        self._starting: dict[str, bool] = {}
         # Tasks that own the request scope of a run that outlives the connection that started
         # it (a socket closed for falling behind, ``on_disconnect: continue``): held here so
         # they are neither garbage-collected nor forgotten at shutdown.
@@ -20,21 +20,17 @@ class RunRegistry:
 
     def starting(self, run_id: str) -> None:
         """``run_id`` is about to be stored and started by this process."""
-        self._starting[run_id] = asyncio.get_running_loop().create_future()
+        self._starting[run_id] = False
 
     def add(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self._tasks[run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
-        self._settle(run_id, task)
+        if self._starting.pop(run_id, False):
+            task.cancel()
 
     def not_started(self, run_id: str) -> None:
         """``run_id`` will get no task here (it was refused, or failed before starting)."""
-        self._settle(run_id, None)
-
-    def _settle(self, run_id: str, task: asyncio.Task[Any] | None) -> None:
-        waiting = self._starting.pop(run_id, None)
-        if waiting is not None and not waiting.done():
-            waiting.set_result(task)
+        self._starting.pop(run_id, None)
 
     def adopt(self, task: asyncio.Task[Any]) -> None:
         """Keep ``task`` alive until it ends by itself (or shutdown cancels it)."""
@@ -50,23 +46,17 @@ class RunRegistry:
         """The runs executing in this process now: the ones whose leases it renews."""
         return list(self._tasks)
 
-    async def cancel(self, run_id: str) -> bool:
-        """Cancel the run's task and wait until it has recorded its end; False if the run is
-        not executing in this process."""
-        task = self._tasks.get(run_id)
-        if task is None and run_id in self._starting:
-            task = await asyncio.shield(self._starting[run_id])
-        if task is None:
-            return False
-        task.cancel()
-        await asyncio.wait((task,))
-        return True
-
-    def cancel_soon(self, run_id: str) -> None:
-        """Cancel the run's task if this process runs it (a cancel asked by another worker)."""
+    def cancel(self, run_id: str) -> bool:
+        """Cancel the run's task if this process runs it (now, or as soon as its task starts);
+        whether it does. The run's own path then stores its end (``src/runs/ender.py``)."""
         task = self._tasks.get(run_id)
         if task is not None:
             task.cancel()
+            return True
+        if run_id in self._starting:
+            self._starting[run_id] = True
+            return True
+        return False
 
     async def cancel_all(self, *, timeout_s: float | None = None) -> int:
         """At shutdown: every run ends ``cancelled`` rather than being left ``running``.

@@ -1,18 +1,35 @@
-"""What a client sees: threads, messages, runs and events, as the public contract shapes them."""
+"""What a run is, and what a client sees of threads, messages, runs and events, as the public
+contract shapes them.
+
+This module imports nothing of isochat: agents, services, the model adapters and the web edge
+all speak of runs in these types.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Any, ClassVar, Literal, overload
 
 # typing_extensions' TypedDict: pydantic derives the OpenAPI schemas from these on Python 3.11.
 from typing_extensions import TypedDict
 
-from src.services.llm.base import Usage, UsageJSON
-
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "awaiting_approval", "completed", "failed", "cancelled"]
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "queued",
+    "running",
+    "awaiting_approval",
+    "completed",
+    "failed",
+    "cancelled",
+)
+ENDED_STATUSES: frozenset[RunStatus] = frozenset({"completed", "failed", "cancelled"})
 FINAL_EVENT_TYPES = frozenset({"run_completed", "run_failed", "run_cancelled"})
+FINAL_EVENT_OF: dict[RunStatus, str] = {
+    "completed": "run_completed",
+    "failed": "run_failed",
+    "cancelled": "run_cancelled",
+}
 
 
 # The objects as the API shows them (JSON), checked against to_json by mypy and published as
@@ -36,6 +53,11 @@ class MessageJSON(TypedDict):
 class RunErrorJSON(TypedDict):
     code: str
     message: str
+
+
+class UsageJSON(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class RunJSON(TypedDict):
@@ -67,6 +89,41 @@ def iso(ts: datetime | None) -> str | None:
     if ts is None:
         return None
     return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What every part of one run may know about it, fixed for the run's whole life: which run,
+    whose, what the caller's token grants beyond who they are (``grants``, from the token's
+    claims: see ``src/services/auth.py``), and what was asked."""
+
+    run_id: str
+    thread_id: str
+    user_id: str
+    request_id: str | None = None
+    grants: frozenset[str] = frozenset()
+    content: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens model calls used."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_json(self) -> UsageJSON:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +173,19 @@ class RunError:
         return {"code": self.code, "message": self.message}
 
 
+class RunFailure(Exception):
+    """An exception that says how the run it ends failed: its ``code`` (a run error code of the
+    contract), and what the user is told (``str(exc)``, or ``default_message``). The model's,
+    the tools', the agent loop's and the database's failures are such exceptions, so that the
+    supervisor names them without knowing where each comes from."""
+
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "an internal error ended the run"
+
+    def as_run_error(self) -> RunError:
+        return RunError(self.code, str(self) or self.default_message)
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     id: str
@@ -143,6 +213,10 @@ class Run:
             finished_at=None,
         )
 
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
     def to_json(self) -> RunJSON:
         return {
             "id": self.id,
@@ -165,6 +239,10 @@ class Event:
     ts: datetime
     agent: str | None
     data: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        return self.type in FINAL_EVENT_TYPES
 
     def to_json(self) -> EventJSON:
         return {

@@ -2,41 +2,48 @@
 
     start -> running --append (seq n+1)--> running --finish--> completed | failed | cancelled
 
-Every step is one statement on the run's row that also checks the run is still ``running``, so
-the run's own emitter, a cancel from another worker and the lease sweep can race freely: exactly
-one of them ends the run, each event takes the next seq, and whoever loses learns it
-(``RunAlreadyFinished``) instead of colliding on ``(run_id, seq)``. PostgreSQL re-checks the
-``WHERE`` after waiting for a concurrent writer of the row; SQLite has one writer at a time.
+Every transition is one statement on the run's row that also checks the state it leaves
+(``UPDATE ... WHERE status = <from> RETURNING``), so the run's own emitter, a cancel from
+another worker and the lease sweep can race freely: exactly one of them ends the run, each event
+takes the next seq, and whoever loses learns it (``RunAlreadyFinished``, or None) instead of
+colliding on ``(run_id, seq)``. PostgreSQL re-checks the ``WHERE`` after waiting for a
+concurrent writer of the row; SQLite has one writer at a time.
 
-Functions are plain (synchronous) code on the caller's connection and never commit: the use case
-owns the transaction and runs it with ``Database.transaction``, which runs the whole transaction
-in one go on the database's writer (for SQLite, one trip to its writer thread instead of one per
+Functions are plain (synchronous) code on the caller's connection and never commit: the caller
+runs each in one transaction with ``Database.write``, which runs the whole transaction in one go
+on the database's writer (for SQLite, one trip to its writer thread instead of one per
 statement). Statements are SQLAlchemy Core, built once: these are the hot path of every run.
+Ending a run goes through ``src/runs/ender.py``, which also publishes and counts the end.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Integer, String, Table, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, String, Text, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from src.services.database.models import (
-    MessageRow,
-    RunEventRow,
-    RunRow,
-    ThreadRow,
-    UTCDateTime,
+from src.runs.domain import (
+    FINAL_EVENT_OF,
+    Event,
+    Message,
+    Run,
+    RunError,
+    RunStatus,
+    Usage,
 )
-from src.services.domain import Event, Message, Run, RunError, RunStatus
+from src.services.database.models import EVENTS, MESSAGES, RUNS, THREADS, UTCDateTime
+from src.services.database.repositories import assistant_message, event_of, run_of
 from src.services.errors import NotFound, RateLimited, RunInProgress
-from src.services.llm import Usage
 
+EndStatus = Literal["completed", "failed", "cancelled"]
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
+UNKNOWN_ERROR = RunError("internal_error", "an internal error ended the run")
 
 
 class RunAlreadyFinished(Exception):
@@ -46,11 +53,6 @@ class RunAlreadyFinished(Exception):
 
 # The statements of the hot path, built once: building a statement (coercions, cache keys)
 # costs more than executing it. Tables, not ORM classes, so nothing goes through the ORM.
-THREADS: Table = ThreadRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
-MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
-RUNS: Table = RunRow.__table__  # type: ignore[assignment]
-EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
-
 _OWNED_THREAD = select(THREADS.c.id).where(
     THREADS.c.id == bindparam("thread_id"), THREADS.c.user_id == bindparam("user_id")
 )
@@ -85,24 +87,13 @@ _FINISH_VALUES = {
     "completion_tokens": bindparam("completion_tokens", type_=Integer()),
 }
 # The ended run comes back with the final seq: nobody has to read it again.
-_ENDED_RUN = (
-    RUNS.c.last_seq,
-    RUNS.c.thread_id,
-    RUNS.c.user_id,
-    RUNS.c.route,
-    RUNS.c.created_at,
-)
-_FINISH = (
-    update(RUNS)
-    .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "running")
-    .values(_FINISH_VALUES)
-    .returning(*_ENDED_RUN)
-)
+_ENDED_RUN = (RUNS.c.last_seq, RUNS.c.user_id, RUNS.c.route, RUNS.c.created_at)
+_FROM = (RUNS.c.id == bindparam("run_id"), RUNS.c.status == bindparam("from_status"))
+_FINISH = update(RUNS).where(*_FROM).values(_FINISH_VALUES).returning(*_ENDED_RUN)
 _FINISH_IF_LEASE_EXPIRED = (
     update(RUNS)
     .where(
-        RUNS.c.id == bindparam("run_id"),
-        RUNS.c.status == "running",
+        *_FROM,
         or_(
             RUNS.c.lease_expires_at.is_(None),
             RUNS.c.lease_expires_at < bindparam("expired_before", type_=UTCDateTime()),
@@ -111,14 +102,21 @@ _FINISH_IF_LEASE_EXPIRED = (
     .values(_FINISH_VALUES)
     .returning(*_ENDED_RUN)
 )
+# Read-backs (rare: after a write whose fate is unknown).
+_RUN_FOR_UPDATE = select(RUNS).where(RUNS.c.id == bindparam("run_id")).with_for_update()
+_EVENT = select(EVENTS).where(
+    EVENTS.c.run_id == bindparam("run_id"), EVENTS.c.seq == bindparam("seq")
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Ended:
-    """What ending a run wrote: its final event, and the run as it now is."""
+    """A run's end as stored: the run as it ended, its final event, and (completed) the
+    assistant's message."""
 
-    event: Event
     run: Run
+    event: Event
+    message: Message | None = None
 
 
 def start(
@@ -196,31 +194,22 @@ def finish(
     *,
     run_id: str,
     thread_id: str,
-    error: RunError | None,
-    cancelled: bool = False,
-    message: Message | None = None,
+    status: EndStatus,
     ts: datetime,
+    error: RunError | None = None,
+    answer: str | None = None,
     route: str | None = None,
     usage: Usage | None = None,
+    from_status: RunStatus = "running",
     lease_expired_before: datetime | None = None,
 ) -> Ended | None:
-    """End a running run with its one final event: ``completed`` with the assistant's
-    ``message``, ``failed`` with ``error``, or ``cancelled``; with the ``usage`` of its model
-    calls. None (nothing written) when it had already ended, or, with
-    ``lease_expired_before``, when its lease is still live."""
-    status: RunStatus
-    data: dict[str, Any]
-    if message is not None:
-        status, final_type = "completed", "run_completed"
-        data = {"message": message.to_json(), "usage": None if usage is None else usage.to_json()}
-    elif error is not None:
-        status, final_type, data = "failed", "run_failed", {"error": error.to_json()}
-    elif cancelled:
-        status, final_type, data = "cancelled", "run_cancelled", {}
-    else:
-        raise ValueError("a run ends with a message, an error or a cancel")
+    """End a run that is ``from_status`` with its one final event: ``completed`` with the
+    assistant's ``answer``, ``failed`` with ``error``, or ``cancelled``; with the ``usage`` of
+    its model calls; ``finished_at`` is ``ts``. None (nothing written) when it was no longer
+    ``from_status``, or, with ``lease_expired_before``, when its lease is still live."""
     params: dict[str, Any] = {
         "run_id": run_id,
+        "from_status": from_status,
         "new_status": status,
         "error_code": None if error is None else error.code,
         "error_message": None if error is None else error.message,
@@ -236,11 +225,32 @@ def finish(
     row = conn.execute(statement, params).first()
     if row is None:
         return None
-    seq, _, user_id, stored_route, created_at = row
-    if message is not None:
+    seq, user_id, stored_route, created_at = row
+    message = None
+    data: dict[str, Any]
+    if status == "completed":
+        message = Message(
+            id=str(uuid.uuid4()),
+            thread_id=thread_id,
+            role="assistant",
+            content=answer or "",
+            run_id=run_id,
+            created_at=ts,
+        )
         conn.execute(_INSERT_MESSAGE, _message_values(message))
+        data = {"message": message.to_json(), "usage": None if usage is None else usage.to_json()}
+    elif status == "failed":
+        data = {"error": (error or UNKNOWN_ERROR).to_json()}
+    else:
+        data = {}
     event = Event(
-        type=final_type, run_id=run_id, thread_id=thread_id, seq=seq, ts=ts, agent=None, data=data
+        type=FINAL_EVENT_OF[status],
+        run_id=run_id,
+        thread_id=thread_id,
+        seq=seq,
+        ts=ts,
+        agent=None,
+        data=data,
     )
     conn.execute(_INSERT_EVENT, _event_values(event))
     run = Run(
@@ -254,7 +264,40 @@ def finish(
         finished_at=ts,
         usage=usage,
     )
-    return Ended(event=event, run=run)
+    return Ended(run=run, event=event, message=message)
+
+
+def stored_end(conn: Connection, *, run_id: str) -> Run | Ended | None:
+    """What is stored of the run's end: the ``Ended`` run (with its final event and answer),
+    the run as it is if it has not ended, None if there is no such run.
+
+    For a writer that cannot tell whether its own write committed (a deadline cut it off while
+    the database went on). Run as a write transaction, it waits for the write in doubt: SQLite
+    has one writer at a time, and PostgreSQL's ``FOR UPDATE`` waits for the row's lock."""
+    row = conn.execute(_RUN_FOR_UPDATE, {"run_id": run_id}).first()
+    if row is None:
+        return None
+    run = run_of(row)
+    if not run.ended:
+        return run
+    event = stored_event(conn, run_id=run_id, thread_id=run.thread_id, seq=row.last_seq)
+    if event is None:  # an end from before final events existed: nothing to publish
+        return run
+    message = assistant_message(conn, run_id=run_id) if run.status == "completed" else None
+    return Ended(run=run, event=event, message=message)
+
+
+def stored_event(conn: Connection, *, run_id: str, thread_id: str, seq: int) -> Event | None:
+    """The run's event ``seq``, if it is stored."""
+    row = conn.execute(_EVENT, {"run_id": run_id, "seq": seq}).first()
+    return None if row is None else event_of(row, thread_id=thread_id)
+
+
+def stored_append(conn: Connection, *, run_id: str, thread_id: str, seq: int) -> Event | None:
+    """``stored_event``, read back after an append whose fate is unknown: as a write
+    transaction, after the append in doubt has finished (see ``stored_end``)."""
+    conn.execute(_RUN_FOR_UPDATE, {"run_id": run_id})
+    return stored_event(conn, run_id=run_id, thread_id=thread_id, seq=seq)
 
 
 def renew_leases(conn: Connection, *, owner_id: str, run_ids: list[str], until: datetime) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from src.services.llm import Usage
+from src.runs.domain import Usage
 
 
 class TokenCounter(Protocol):

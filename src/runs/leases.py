@@ -21,17 +21,12 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
-from typing import Protocol
 
-from sqlalchemy.engine import Connection
-
-from src.services import ledger
-from src.services.broker import EventBroker
+from src.runs import ledger
+from src.runs.domain import utcnow
+from src.runs.ender import Outcome, RunEnder
+from src.runs.registry import RunRegistry
 from src.services.database.engine import Database
-from src.services.database.models import utcnow
-from src.services.domain import Run
-from src.services.runs import RunRegistry
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +49,16 @@ class Lease:
         return (now or utcnow()) + timedelta(seconds=self.length_s)
 
 
-class EndedRunMetrics(Protocol):
-    def run_ended(self, *, status: str, seconds: float) -> None: ...
-
-
 class LeaseKeeper:
     """Renews this process's leases and ends runs whose owner stopped renewing theirs."""
 
     def __init__(
-        self,
-        *,
-        lease: Lease,
-        database: Database,
-        runs: RunRegistry,
-        broker: EventBroker,
-        metrics: EndedRunMetrics,
+        self, *, lease: Lease, database: Database, runs: RunRegistry, ender: RunEnder
     ) -> None:
         self._lease = lease
         self._database = database
         self._runs = runs
-        self._broker = broker
-        self._metrics = metrics
+        self._ender = ender
         self.interval_s = lease.length_s / 3
         self._failing = False
 
@@ -92,7 +76,7 @@ class LeaseKeeper:
             await self.sweep()
         except Exception as exc:
             if not self._failing:
-                log.warning("cannot renew run leases or sweep expired runs: %r", exc)
+                log.warning("cannot renew run leases or sweep expired runs: %s", repr(exc))
                 self._failing = True
         else:
             if self._failing:
@@ -101,44 +85,29 @@ class LeaseKeeper:
 
     async def renew(self) -> None:
         run_ids = self._runs.run_ids()
-        if not run_ids:
-            return
-        until = self._lease.until()
-
-        def write(conn: Connection) -> None:
-            ledger.renew_leases(conn, owner_id=self._lease.owner_id, run_ids=run_ids, until=until)
-
-        await self._database.transaction(write)
+        if run_ids:
+            await self._database.write(
+                ledger.renew_leases,
+                owner_id=self._lease.owner_id,
+                run_ids=run_ids,
+                until=self._lease.until(),
+            )
 
     async def sweep(self, *, now: datetime | None = None) -> int:
         """End every run whose lease had expired by ``now`` as ``interrupted``; how many it
         ended."""
         now = now or utcnow()
-        expired = await self._database.transaction(lambda c: ledger.expired_runs(c, now=now))
         ended = 0
-        for run in expired:
-            closed = await self._database.transaction(partial(_interrupt, run=run, now=now))
+        for run in await self._database.write(ledger.expired_runs, now=now):
+            closed = await self._ender.end(
+                run_id=run.id,
+                thread_id=run.thread_id,
+                user_id=run.user_id,
+                outcome=Outcome.failed(ledger.INTERRUPTED),
+                lease_expired_before=now,
+            )
             if closed is None:
                 continue  # its owner wrote again, or someone else ended it, meanwhile
             ended += 1
-            self._metrics.run_ended(
-                status="failed", seconds=(closed.event.ts - run.created_at).total_seconds()
-            )
             log.warning("run %s ended as interrupted: its owner's lease expired", run.id)
-            try:
-                await self._broker.publish(run.user_id, closed.event)
-            except Exception as exc:  # stored: its owner's clients get it by replay
-                log.warning("publishing the end of run %s failed: %r", run.id, exc)
         return ended
-
-
-def _interrupt(conn: Connection, *, run: Run, now: datetime) -> ledger.Ended | None:
-    """End ``run`` as interrupted, unless its owner renewed its lease since ``now``."""
-    return ledger.finish(
-        conn,
-        run_id=run.id,
-        thread_id=run.thread_id,
-        error=ledger.INTERRUPTED,
-        ts=utcnow(),
-        lease_expired_before=now,
-    )

@@ -1,0 +1,11 @@
+"""A run's life, in one place.
+
+- ``domain``: what a run is (``RunContext``, ``Run``, ``Event``, ``Usage``, the statuses), and
+  what a client sees of threads, messages, runs and events;
+- ``ledger``: the run's state machine, every transition one guarded statement;
+- ``emitter``: a run's events, appended and published as they happen;
+- ``ender``: the one ender, which every way of ending a run calls;
+- ``registry``: the runs this process executes; ``leases``: who may end whose run;
+- ``cancel``: cancelling a run wherever it runs, waiting for its end;
+- ``follower``: the one way a client gets a run's events, each once, in order.
+"""

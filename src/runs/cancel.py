@@ -1,0 +1,96 @@
+"""Cancelling a run wherever it runs, and waiting for its end instead of polling for it.
+
+    follow the run (subscribed before anything is asked)
+    -> cancel its task here, or ask the process that runs it through the broker
+    -> wait for its final event, at most ``wait_s``
+    -> nobody ended it: a run whose owner stopped vouching for it (lease expired) is ended here
+
+The run's own path stores the ``cancelled`` end through the one ender (``src/runs/ender.py``);
+a run whose owner is alive is never ended from another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from src.runs.domain import Run, utcnow
+from src.runs.ender import Outcome, RunEnder
+from src.runs.follower import EventStore, Follower
+from src.runs.registry import RunRegistry
+from src.services.broker import EventBroker, Subscription
+
+log = logging.getLogger(__name__)
+
+# How long a cancel waits for the run's final event.
+CANCEL_WAIT_S = 3.0
+# While the broker is unreachable, a cancel reads the store this often for the end instead.
+STORE_CHECK_S = 0.1
+MAX_PENDING = 256
+
+
+class RunCanceller:
+    def __init__(
+        self,
+        *,
+        registry: RunRegistry,
+        broker: EventBroker,
+        ender: RunEnder,
+        store: EventStore,
+        wait_s: float = CANCEL_WAIT_S,
+    ) -> None:
+        self._registry = registry
+        self._broker = broker
+        self._ender = ender
+        self._store = store
+        self._wait_s = wait_s
+
+    async def cancel(self, run: Run) -> None:
+        """Have ``run`` end ``cancelled`` if it is still running; returns once its final event
+        is stored (whatever it is: it may have completed meanwhile) or after ``wait_s``."""
+        subscription, check_every_s = await self._subscribe(run.user_id)
+        try:
+            follower = Follower(
+                subscription, self._store, keepalive_s=check_every_s, run_id=run.id, after=0
+            )
+            asked = self._registry.cancel(run.id) or await self._ask_others(run.id)
+            if asked and await self._ended(follower):
+                return
+            # No live process ended it: one whose lease has expired is ended from here; one
+            # whose owner is alive is left to its owner (it ends when its owner hears).
+            await self._ender.end(
+                run_id=run.id,
+                thread_id=run.thread_id,
+                user_id=run.user_id,
+                outcome=Outcome.cancelled(),
+                lease_expired_before=utcnow(),
+            )
+        finally:
+            # Shielded: a caller gone away must not leave the subscription behind.
+            await asyncio.shield(self._broker.unsubscribe(subscription))
+
+    async def _subscribe(self, user_id: str) -> tuple[Subscription, float]:
+        """The user's live events and how often to read the store besides; when the broker
+        cannot deliver them now, a subscription of this cancel's own and frequent reads."""
+        try:
+            return await self._broker.subscribe(user_id, max_pending=MAX_PENDING), self._wait_s
+        except Exception as exc:
+            log.warning("a cancel follows its run from the store: %s", repr(exc))
+            return Subscription(user_id, MAX_PENDING), STORE_CHECK_S
+
+    async def _ask_others(self, run_id: str) -> bool:
+        """Ask every other process to cancel ``run_id``; whether any could hear."""
+        try:
+            return await self._broker.request_cancel(run_id)
+        except Exception as exc:
+            log.warning("could not ask the other processes to cancel run %s: %s", run_id, repr(exc))
+            return False
+
+    async def _ended(self, follower: Follower) -> bool:
+        try:
+            async with asyncio.timeout(self._wait_s):
+                async for _ in follower.frames():
+                    pass
+        except TimeoutError:
+            return False
+        return follower.done
