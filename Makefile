@@ -49,6 +49,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/scope_overhead.py
 	$(BIN)/python bench/ws_load.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/cancel_latency.py
 
 # After changing dependencies in pyproject.toml: new pins (and hashes) for both targets.
 lock: | $(BIN)/python
