@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from src.container import AppContainer
 from src.services.database.models import RunEventRow, RunRow, utcnow
+from src.settings import Settings
 
 
 def auth(container: AppContainer, user_id: str) -> dict[str, str]:
@@ -137,6 +138,10 @@ async def orphan_run(
                 )
             )
     return run_id
+
+
+# What the application waits for one Redis call unless ISOCHAT_REDIS_TIMEOUT_S says otherwise.
+REDIS_TIMEOUT_S: float = Settings.model_fields["redis_timeout_s"].default
 
 
 async def reachable_redis() -> str:
