@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -233,6 +234,47 @@ def test_sqlite_file_lock_is_released_on_error(db_path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
     finally:
         os.close(fd)
+
+
+# Takes the migration lock, says so, then waits to be killed while holding it.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from src.services.database.migrations import sqlite_file_lock
+with sqlite_file_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_migrator_killed_holding_the_lock_never_blocks_the_next_one(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """SIGKILL leaves no chance to clean up: the kernel drops the lock with the process, and
+    the next migration goes ahead at once; the lock file stays where it was."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db_path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
+        with pytest.raises(MigrationLockTimeout):  # held for real, by another process
+            upgrade_with_lock_timeout(f"sqlite+aiosqlite:///{db_path}", 0.1)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    upgrade_with_lock_timeout(f"sqlite+aiosqlite:///{db_path}", 0.1)
+    assert sqlite_lock_file(db_path).is_file()
+
+
+def upgrade_with_lock_timeout(database_url: str, timeout_s: float) -> None:
+    cfg = alembic_config(database_url)
+    cfg.attributes["migration_lock_timeout_s"] = timeout_s
+    command.upgrade(cfg, "head")
 
 
 @pytest.mark.parametrize(
