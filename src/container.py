@@ -77,7 +77,11 @@ def choose_llm(settings: Settings) -> LLM:
 def choose_broker(settings: Settings) -> EventBroker:
     """The broker ``ISOCHAT_BROKER_URL`` names, chosen once."""
     if settings.broker_kind == "redis":
-        return RedisBroker(settings.broker_url, prefix=f"{settings.redis_prefix}events:")
+        return RedisBroker(
+            settings.broker_url,
+            timeout_s=settings.redis_timeout_s,
+            prefix=f"{settings.redis_prefix}events:",
+        )
     return InProcessBroker()
 
 
@@ -267,6 +271,7 @@ class AppContainer(containers.DeclarativeContainer):
             redis=providers.Singleton(
                 RedisUsedTickets,
                 settings.provided.broker_url,
+                timeout_s=settings.provided.redis_timeout_s,
                 prefix=providers.Callable("{}ws-ticket:".format, settings.provided.redis_prefix),
             ),
         ),
@@ -284,6 +289,7 @@ class AppContainer(containers.DeclarativeContainer):
         burst=settings.provided.rate_limit_burst,
         storage_url=settings.provided.broker_url,
         key_prefix=providers.Callable("{}limits".format, settings.provided.redis_prefix),
+        timeout_s=settings.provided.redis_timeout_s,
     )
     # Selected per socket opened (not per request): the lookup costs nothing worth caching.
     socket_counter = providers.Selector(
@@ -292,6 +298,7 @@ class AppContainer(containers.DeclarativeContainer):
         redis=providers.Singleton(
             RedisSocketCounter,
             settings.provided.broker_url,
+            timeout_s=settings.provided.redis_timeout_s,
             prefix=providers.Callable("{}sockets:".format, settings.provided.redis_prefix),
         ),
     )

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # Where isochat's keys and channels live in that Redis: deployments that share one Redis
     # each take a prefix of their own.
     redis_prefix: str = Field(default="isochat:", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # How long one call to that Redis (a publish, a limit, a ticket) may take, connecting
+    # included: past it the event is left to replay, the limit lets the request through and
+    # the ticket is refused for now.
+    redis_timeout_s: float = Field(default=1.0, gt=0)
     auth_secret: str = DEVELOPMENT_AUTH_SECRET
     token_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # Set, drills are on: runs of users whose token carries a `drill` claim made with this

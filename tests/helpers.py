@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from src.container import AppContainer
 from src.runs.domain import utcnow
 from src.services.database.models import RunEventRow, RunRow
+from src.settings import Settings
 
 
 def auth(container: AppContainer, user_id: str) -> dict[str, str]:
@@ -138,6 +139,10 @@ async def orphan_run(
                 )
             )
     return run_id
+
+
+# What the application waits for one Redis call unless ISOCHAT_REDIS_TIMEOUT_S says otherwise.
+REDIS_TIMEOUT_S: float = Settings.model_fields["redis_timeout_s"].default
 
 
 async def reachable_redis() -> str:

@@ -24,16 +24,14 @@ from typing import Any, Protocol
 
 import jwt
 import redis.exceptions
-from redis.asyncio import Redis
 
 from src.services.errors import Unauthorized
+from src.services.redis_client import redis_client
 
 USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,200}$")
 
 WS_TICKET_AUDIENCE = "isochat:ws-ticket"
 WS_TICKET_TTL_S = 30
-# One Redis call may take this long; then the ticket is refused for now (fail closed).
-REDIS_TIMEOUT_S = 1.0
 
 
 def valid_user_id(user_id: str) -> bool:
@@ -158,12 +156,12 @@ class InProcessUsedTickets:
 
 
 class RedisUsedTickets:
-    """Every worker's and host's record, in the broker's Redis."""
+    """Every worker's and host's record, in the broker's Redis. A Redis call that takes
+    longer than ``timeout_s`` (``ISOCHAT_REDIS_TIMEOUT_S``) refuses the ticket for now: fail
+    closed."""
 
-    def __init__(self, url: str, *, prefix: str = "isochat:ws-ticket:") -> None:
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-        )
+    def __init__(self, url: str, *, timeout_s: float, prefix: str = "isochat:ws-ticket:") -> None:
+        self._redis = redis_client(url, timeout_s=timeout_s, client_name="isochat-tickets")
         self._prefix = prefix
 
     async def first_use(self, ticket_id: str, *, ttl_s: int) -> bool:

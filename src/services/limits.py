@@ -5,8 +5,8 @@ every host counts against the same numbers), in process memory otherwise (one pr
 settings refuse ``WORKERS`` > 1 without Redis). One user's limits never touch another's.
 
 Request rate
-    The maintained ``limits`` library (``limits.aio``; ``async+redis://`` storage, or
-    ``memory://``). The settings describe a token bucket: ``rate_limit_burst`` requests at once,
+    The maintained ``limits`` library (``limits.aio``; ``async+redis://`` storage on redis-py,
+    or ``memory://``). The settings describe a token bucket: ``rate_limit_burst`` requests at once,
     ``rate_limit_per_minute`` sustained. ``limits`` has no token bucket; its moving window ("at
     most N hits in any W seconds", exact, one short Redis list per user) keeps both promises
     with N = burst and W = 60 * burst / per_minute seconds: never more than ``burst`` at once,
@@ -24,9 +24,10 @@ Open sockets
     and adds it in one script, so two workers cannot both take the last place.
 
 Redis down
-    Limits fail open: a request or socket is allowed, one warning is logged when the outage
-    starts (and one line when it ends), and Redis is left alone for ``RETRY_S`` so that a hung
-    Redis costs at most one timeout per ``RETRY_S``, not one per request. Never a 500.
+    Limits fail open: a Redis call that fails or takes longer than ``ISOCHAT_REDIS_TIMEOUT_S``
+    lets the request or socket through, one warning is logged when the outage starts (and one
+    line when it ends), and Redis is left alone for ``RETRY_S`` so that a hung Redis costs at
+    most one timeout per ``RETRY_S``, not one per request. Never a 500.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-import coredis
-import coredis.exceptions
 import redis.exceptions
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -49,18 +48,16 @@ from limits.errors import StorageError
 from redis.asyncio import Redis
 
 from src.services.errors import RateLimited
+from src.services.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
-# One Redis call may take this long before the limit is treated as unreachable (fail open).
-REDIS_TIMEOUT_S = 1.0
 # After a failure, Redis is not asked again for this long: requests pass without waiting.
 RETRY_S = 5.0
 SOCKET_TTL_S = 30.0
 
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (
     StorageError,
-    coredis.exceptions.RedisError,
     redis.exceptions.RedisError,
     OSError,
     TimeoutError,
@@ -70,10 +67,15 @@ T = TypeVar("T")
 
 
 class FailOpen:
-    """Runs Redis calls for a limit; while Redis is unreachable, answers ``fallback`` instead."""
+    """Runs Redis calls for a limit; while Redis is unreachable, answers ``fallback`` instead.
+    A call is unreachable Redis too when it takes longer than ``timeout_s`` (None: no bound,
+    for storage in memory, which never waits)."""
 
-    def __init__(self, what: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, what: str, *, timeout_s: float | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._what = what
+        self._timeout_s = timeout_s
         self._clock = clock
         self._down_until: float | None = None
 
@@ -81,7 +83,7 @@ class FailOpen:
         if self._down_until is not None and self._clock() < self._down_until:
             return fallback
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT_S):
+            async with asyncio.timeout(self._timeout_s):
                 result = await operation()
         except _REDIS_ERRORS as exc:
             self._failed(exc)
@@ -107,7 +109,8 @@ def window_seconds(*, per_minute: int, burst: int) -> int:
 
 class RateLimiter:
     """Counts each user's requests against a moving window shared by every worker using
-    ``storage_url`` (the broker's URL: ``memory://`` or ``redis://``)."""
+    ``storage_url`` (the broker's URL: ``memory://`` or ``redis://``). With Redis, ``timeout_s``
+    (``ISOCHAT_REDIS_TIMEOUT_S``) bounds each call."""
 
     def __init__(
         self,
@@ -116,13 +119,16 @@ class RateLimiter:
         burst: int,
         storage_url: str = "memory://",
         key_prefix: str = "isochat:limits",
+        timeout_s: float | None = None,
     ) -> None:
         self._item = RateLimitItemPerSecond(
             burst, window_seconds(per_minute=per_minute, burst=burst), namespace="rate"
         )
-        self._storage, self._pool = _storage_for(storage_url, key_prefix=key_prefix)
+        self._storage, self._client = _storage_for(
+            storage_url, key_prefix=key_prefix, timeout_s=timeout_s
+        )
         self._strategy = MovingWindowRateLimiter(self._storage)
-        self._redis = FailOpen("rate limiter")
+        self._redis = FailOpen("rate limiter", timeout_s=timeout_s)
 
     async def check(self, user_id: str) -> None:
         """Count one request of ``user_id``, or raise ``RateLimited`` saying when to retry."""
@@ -144,21 +150,32 @@ class RateLimiter:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            self._pool.disconnect()
+        if self._client is not None:
+            await self._client.aclose()
 
 
-def _storage_for(url: str, *, key_prefix: str) -> tuple[Storage, coredis.ConnectionPool | None]:
-    """``limits`` storage for the broker URL, and the Redis pool to close (ours, not the
-    library's, so that closing does not depend on its internals)."""
+def _storage_for(
+    url: str, *, key_prefix: str, timeout_s: float | None
+) -> tuple[Storage, Redis | None]:
+    """``limits`` storage for the broker URL, and the Redis client whose pool it uses (ours to
+    close, not the library's, so that closing does not depend on its internals)."""
     if url.startswith("memory://"):
         return MemoryStorage(), None
-    pool = coredis.ConnectionPool.from_url(
-        url, connect_timeout=REDIS_TIMEOUT_S, stream_timeout=REDIS_TIMEOUT_S
+    if timeout_s is None:
+        raise ValueError("a rate limiter on Redis needs timeout_s (ISOCHAT_REDIS_TIMEOUT_S)")
+    client = redis_client(url, timeout_s=timeout_s, client_name="isochat-limits")
+    # implementation="redispy": the library's client is redis-py's, on our pool, so its
+    # connections have our timeout and name, and its errors are the ones caught above.
+    # (Passed through **options, which the library types as scalars only.)
+    options: dict[str, Any] = {"connection_pool": client.connection_pool}
+    storage = RedisStorage(
+        f"async+{url}",
+        implementation="redispy",
+        wrap_exceptions=True,
+        key_prefix=key_prefix,
+        **options,
     )
-    options: dict[str, Any] = {"connection_pool": pool}
-    storage = RedisStorage(f"async+{url}", wrap_exceptions=True, key_prefix=key_prefix, **options)
-    return storage, pool
+    return storage, client
 
 
 class SocketCounter(Protocol):
@@ -242,17 +259,21 @@ class RedisSocketCounter:
     """Counts every worker's and host's sockets in the broker's Redis (see the module doc)."""
 
     def __init__(
-        self, url: str, *, ttl_s: float = SOCKET_TTL_S, prefix: str = "isochat:sockets:"
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        ttl_s: float = SOCKET_TTL_S,
+        prefix: str = "isochat:sockets:",
     ) -> None:
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-        )
+        """``timeout_s`` (``ISOCHAT_REDIS_TIMEOUT_S``) bounds each Redis call."""
+        self._redis = redis_client(url, timeout_s=timeout_s, client_name="isochat-sockets")
         self._ttl_ms = math.ceil(ttl_s * 1000)
         self._prefix = prefix
         self.renew_every_s: float | None = ttl_s / 3
         self._admit = self._redis.register_script(_ADMIT)
         self._renew = self._redis.register_script(_RENEW)
-        self._guard = FailOpen("socket limit")
+        self._guard = FailOpen("socket limit", timeout_s=timeout_s)
 
     def key(self, user_id: str) -> str:
         return self._prefix + user_id

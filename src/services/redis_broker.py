@@ -19,20 +19,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from src.runs.domain import Event
 from src.services.broker import Frame, InProcessBroker, Subscription
+from src.services.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
-# A publish that cannot reach Redis fails fast: the event is stored, the run goes on.
-SOCKET_TIMEOUT_S = 2.0
 # How long the reader waits for an event before it looks for new (un)subscriptions.
 POLL_S = 0.05
 # Pause before the reader starts again: doubles while it keeps failing, back to the minimum
@@ -55,24 +51,22 @@ def gap_frame() -> Frame:
 
 class RedisBroker:
     def __init__(
-        self, url: str, *, prefix: str = "isochat:events:", client_name: str | None = None
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        prefix: str = "isochat:events:",
+        client_name: str = "isochat-events",
     ) -> None:
-        """``client_name`` names this broker's connections in Redis's CLIENT LIST."""
-        self._redis: Redis = Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            client_name=client_name,
-        )
+        """``timeout_s`` bounds each Redis call (``ISOCHAT_REDIS_TIMEOUT_S``): a publish that
+        cannot reach Redis fails fast, the event is stored and the run goes on.
+        ``client_name`` names this broker's connections in Redis's CLIENT LIST."""
+        self._redis = redis_client(url, timeout_s=timeout_s, client_name=client_name)
         # The pub/sub connection must never reconnect behind the reader's back: redis-py would
         # subscribe again by itself, and the events published meanwhile would be lost without
-        # anyone being told. With no error to retry on, every loss reaches the reader.
-        self._listener: Redis = Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            client_name=client_name,
-            retry=Retry(NoBackoff(), 0, supported_errors=()),
+        # anyone being told. Without reconnects, every loss reaches the reader.
+        self._listener = redis_client(
+            url, timeout_s=timeout_s, client_name=client_name, reconnect=False
         )
         self._prefix = prefix
         # "!" never appears in a user id, so this channel cannot be a user's.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -35,17 +36,45 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+def files_in(directory: Path) -> set[Path]:
+    return {path.relative_to(directory) for path in directory.rglob("*")}
+
+
+def assert_ships_every_package(wheel: Path, source: Path) -> None:
+    """Every package under src/ is in the wheel without being listed anywhere, and alembic/
+    is in it as src/migrations."""
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    packages = {p.relative_to(source).as_posix() for p in (source / "src").rglob("__init__.py")}
+    assert {"src/__init__.py", "src/services/database/__init__.py"} <= packages
+    assert packages <= shipped
+    migrations = {
+        "src/migrations/" + p.relative_to(source / "alembic").as_posix()
+        for p in (source / "alembic").rglob("*")
+        if p.is_file()
+    }
+    assert "src/migrations/env.py" in migrations
+    assert migrations <= shipped
+    assert "src/web/static/index.html" in shipped
+    assert not [name for name in shipped if "__pycache__" in name or name.endswith(".pyc")]
+
+
 def test_the_wheel_migrates_and_serves_from_an_empty_directory(tmp_path: Path) -> None:
     """Build, install into a new venv, then `isochat migrate` and `isochat serve` in an empty
     directory (no alembic.ini, no source tree): the schema reaches head, the page is served
     and a message gets its answer."""
     wheels, venv, empty = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty"
     empty.mkdir()
-    # Built from a copy: building writes build/ and *.egg-info beside the sources.
+    # Built from a copy, to see what building leaves in the sources: nothing.
     source = tmp_path / "source"
     shutil.copytree(PROJECT, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    before = files_in(source)
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source, cwd=tmp_path)
+    assert not (source / "build").exists()
+    assert list(source.rglob("*.egg-info")) == []
+    assert files_in(source) == before
     [wheel] = wheels.glob("isochat-*.whl")
+    assert_ships_every_package(wheel, source)
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel, cwd=tmp_path)
     isochat = venv / "bin" / "isochat"

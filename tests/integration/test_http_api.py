@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dependency_injector import providers
+from prometheus_client.parser import text_string_to_metric_families
 
 from src.container import AppContainer
 from src.runs.domain import FINAL_EVENT_TYPES
@@ -26,16 +27,25 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
-async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
-    """Liveness, readiness with its checks, and Prometheus text with the contract's names."""
+async def test_health_and_metrics(container: AppContainer, client: httpx.AsyncClient) -> None:
+    """Liveness, readiness with its checks, and Prometheus text with samples of the contract's
+    metrics (a name in a `# HELP` line alone is not a metric); a completed run is counted."""
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "checks": READY}
+    headers = auth(container, "alice")
+    await send(client, headers, await new_thread(client, headers), "what is 1 + 1?")
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+    }
     for name in ("isochat_request_scopes_open", "isochat_runs_total", "isochat_ws_connections"):
-        assert name in metrics.text
+        assert [key for key in samples if key[0] == name], f"no sample of {name}"
+    assert samples[("isochat_runs_total", (("status", "completed"),))] == 1
 
 
 async def test_readiness_names_the_failing_database(

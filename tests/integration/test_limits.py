@@ -29,7 +29,7 @@ from src.services.limits import (
 from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import install_chaos
-from tests.helpers import auth, new_thread, reachable_redis, serving, wait_for_run
+from tests.helpers import REDIS_TIMEOUT_S, auth, new_thread, reachable_redis, serving, wait_for_run
 from tests.ws import Socket, open_socket
 
 # per_minute=1: a window of 60 s per hit of the burst, which never reopens during a test, so no
@@ -203,8 +203,13 @@ async def test_limits_fail_open_when_redis_is_unreachable(
 ) -> None:
     """With Redis unreachable, requests and sockets are allowed (never an error), and the
     outage is logged once per limit, not once per request."""
-    limiter = RateLimiter(per_minute=NEVER_REFILLS, burst=1, storage_url=UNREACHABLE_REDIS)
-    sockets = RedisSocketCounter(UNREACHABLE_REDIS)
+    limiter = RateLimiter(
+        per_minute=NEVER_REFILLS,
+        burst=1,
+        storage_url=UNREACHABLE_REDIS,
+        timeout_s=REDIS_TIMEOUT_S,
+    )
+    sockets = RedisSocketCounter(UNREACHABLE_REDIS, timeout_s=REDIS_TIMEOUT_S)
     try:
         with caplog.at_level(logging.WARNING, logger="src.services.limits"):
             for _ in range(3):

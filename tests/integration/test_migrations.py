@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -23,7 +25,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from src.runs.domain import RUN_STATUSES
 from src.services.database.engine import create_engine
 from src.services.database.migrations import (
     MIGRATION_LOCK_KEY,
@@ -235,6 +239,47 @@ def test_sqlite_file_lock_is_released_on_error(db_path: Path) -> None:
         os.close(fd)
 
 
+# Takes the migration lock, says so, then waits to be killed while holding it.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from src.services.database.migrations import sqlite_file_lock
+with sqlite_file_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_migrator_killed_holding_the_lock_never_blocks_the_next_one(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """SIGKILL leaves no chance to clean up: the kernel drops the lock with the process, and
+    the next migration goes ahead at once; the lock file stays where it was."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db_path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
+        with pytest.raises(MigrationLockTimeout):  # held for real, by another process
+            upgrade_with_lock_timeout(f"sqlite+aiosqlite:///{db_path}", 0.1)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    upgrade_with_lock_timeout(f"sqlite+aiosqlite:///{db_path}", 0.1)
+    assert sqlite_lock_file(db_path).is_file()
+
+
+def upgrade_with_lock_timeout(database_url: str, timeout_s: float) -> None:
+    cfg = alembic_config(database_url)
+    cfg.attributes["migration_lock_timeout_s"] = timeout_s
+    command.upgrade(cfg, "head")
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -338,5 +383,150 @@ async def test_postgres_advisory_lock_is_released_when_the_migration_fails(
     try:
         async with engine.connect() as conn:
             assert await conn.run_sync(fail_while_locked) == (False, 0)
+    finally:
+        await engine.dispose()
+
+
+# --- The runs.status CHECK (revision 0004) ----------------------------------------------------
+
+# docs/api.md, "Objects": every status a run may have.
+CONTRACT_STATUSES = ("queued", "running", "awaiting_approval", "completed", "failed", "cancelled")
+# Tables as revision 0003 left them (not the models, which may have moved on since).
+THREADS_0003 = sa.table(
+    "threads", sa.column("id"), sa.column("user_id"), sa.column("title"), sa.column("created_at")
+)
+RUNS_0003 = sa.table(
+    "runs",
+    *(sa.column(name) for name in ("id", "thread_id", "user_id", "status", "created_at")),
+    *(sa.column(name) for name in ("error_code", "prompt_tokens", "last_seq")),
+)
+EVENTS_0003 = sa.table(
+    "run_events",
+    *(sa.column(name) for name in ("run_id", "seq", "type", "data", "ts")),
+)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def any_database_url(request: pytest.FixtureRequest, async_url: str) -> AsyncIterator[str]:
+    """An empty database: a SQLite file, or a PostgreSQL database of this test's own."""
+    if request.param == "sqlite":
+        yield async_url
+        return
+    async with fresh_postgres_database("isochat_mig") as url:
+        yield url
+
+
+def _run(run_id: str, status: str, **values: object) -> dict[str, object]:
+    return {
+        "id": run_id, "thread_id": "t1", "user_id": "u1", "status": status,
+        "created_at": NOW.replace(tzinfo=None), "error_code": None, "prompt_tokens": None,
+        "last_seq": 0, **values,
+    }  # fmt: skip
+
+
+async def test_the_database_refuses_a_run_with_an_unknown_status(any_database_url: str) -> None:
+    """Every status of the contract is stored (awaiting_approval too: 17 characters); any
+    other is refused by the database itself, whichever code writes it."""
+    assert CONTRACT_STATUSES == RUN_STATUSES
+    await asyncio.to_thread(upgrade_to_head, any_database_url)
+    engine = create_async_engine(any_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(THREADS_0003).values(**_thread()))
+            for n, status in enumerate(CONTRACT_STATUSES):
+                await conn.execute(sa.insert(RUNS_0003).values(_run(f"r{n}", status)))
+        for unknown in ("paused", "RUNNING", ""):
+            with pytest.raises(IntegrityError, match="ck_runs_status"):
+                async with engine.begin() as conn:
+                    await conn.execute(sa.insert(RUNS_0003).values(_run("bad", unknown)))
+        async with engine.connect() as conn:
+            stored = (await conn.execute(sa.select(RUNS_0003.c.status))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert sorted(stored) == sorted(CONTRACT_STATUSES)
+
+
+def _thread() -> dict[str, object]:
+    return {"id": "t1", "user_id": "u1", "title": "t", "created_at": NOW.replace(tzinfo=None)}
+
+
+async def _runs_and_events(conn: AsyncConnection) -> tuple[list[Any], list[Any]]:
+    runs = (await conn.execute(sa.select(RUNS_0003).order_by(RUNS_0003.c.id))).all()
+    events = await conn.execute(
+        sa.select(EVENTS_0003).order_by(EVENTS_0003.c.run_id, EVENTS_0003.c.seq)
+    )
+    return [tuple(row) for row in runs], [tuple(row) for row in events.all()]
+
+
+def _schema_of_runs(conn: sa.Connection) -> dict[str, Any]:
+    inspector = sa.inspect(conn)
+    indexes = {ix["name"]: ix for ix in inspector.get_indexes("runs")}
+    partial = indexes["uq_runs_one_running_per_thread"]
+    options = partial.get("dialect_options", {})
+    [status] = [c for c in inspector.get_columns("runs") if c["name"] == "status"]
+    assert isinstance(status["type"], sa.String)
+    return {
+        "indexes": set(indexes),
+        "partial": (partial["unique"], partial["column_names"]),
+        "where": str(options.get("sqlite_where", options.get("postgresql_where"))),
+        "checks": {ck["name"] for ck in inspector.get_check_constraints("runs")},
+        "status_length": status["type"].length,
+    }
+
+
+async def test_the_status_check_upgrade_keeps_runs_events_and_the_running_guard(
+    any_database_url: str,
+) -> None:
+    """Upgrading a database at 0003 that holds runs and events: every row is kept, the indexes
+    (the partial unique one included) survive, and a second running run on a thread is still
+    refused; the downgrade gives the old column and no check back, rows and guard kept."""
+    cfg = alembic_config(any_database_url)
+    await asyncio.to_thread(command.upgrade, cfg, "0003")
+    engine = create_async_engine(any_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(THREADS_0003).values(**_thread()))
+            await conn.execute(
+                sa.insert(RUNS_0003),
+                [
+                    _run("r1", "completed", prompt_tokens=12, last_seq=2),
+                    _run("r2", "failed", error_code="llm_error", last_seq=1),
+                    _run("r3", "running", last_seq=1),
+                ],
+            )
+            await conn.execute(
+                sa.insert(EVENTS_0003),
+                [
+                    {"run_id": run_id, "seq": seq, "type": "run_started", "data": "{}",
+                     "ts": NOW.replace(tzinfo=None)}
+                    for run_id, seq in (("r1", 1), ("r1", 2), ("r2", 1), ("r3", 1))
+                ],
+            )  # fmt: skip
+            before = await _runs_and_events(conn)
+
+        await engine.dispose()  # SQLite: no connection of ours while the table is copied
+        await asyncio.to_thread(command.upgrade, cfg, "head")
+        async with engine.connect() as conn:
+            assert await _runs_and_events(conn) == before
+            upgraded = await conn.run_sync(_schema_of_runs)
+        assert upgraded["indexes"] >= {"uq_runs_one_running_per_thread", "ix_runs_status"}
+        assert upgraded["partial"] == (True, ["thread_id"])
+        assert "status" in upgraded["where"] and "running" in upgraded["where"]
+        assert "ck_runs_status" in upgraded["checks"]
+        assert upgraded["status_length"] == 32
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(sa.insert(RUNS_0003).values(_run("r4", "running")))
+
+        await engine.dispose()
+        await asyncio.to_thread(command.downgrade, cfg, "0003")
+        async with engine.connect() as conn:
+            assert await _runs_and_events(conn) == before
+            downgraded = await conn.run_sync(_schema_of_runs)
+        assert downgraded | {"checks": set()} == upgraded | {"status_length": 16, "checks": set()}
+        assert "ck_runs_status" not in downgraded["checks"]
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(sa.insert(RUNS_0003).values(_run("r4", "running")))
     finally:
         await engine.dispose()

@@ -24,6 +24,7 @@ from src.web.app import create_app
 from tests.fakes import install_chaos
 from tests.helpers import (
     NO_LEAKS,
+    REDIS_TIMEOUT_S,
     auth,
     leaks,
     new_thread,
@@ -51,7 +52,9 @@ def prefix() -> str:
 @pytest.fixture
 async def worker_a(container: AppContainer, redis_url: str, prefix: str) -> AppContainer:
     """The `container` fixture, as one worker: its broker is Redis."""
-    container.broker.override(providers.Singleton(RedisBroker, redis_url, prefix=prefix))
+    container.broker.override(
+        providers.Singleton(RedisBroker, redis_url, timeout_s=REDIS_TIMEOUT_S, prefix=prefix)
+    )
     await startup(container)
     return container
 
@@ -66,7 +69,9 @@ class Worker:
 async def worker_b(settings: Settings, redis_url: str, prefix: str) -> AsyncIterator[Worker]:
     """A second worker on the same database and Redis, served on a real port."""
     other = build_container(settings)
-    other.broker.override(providers.Singleton(RedisBroker, redis_url, prefix=prefix))
+    other.broker.override(
+        providers.Singleton(RedisBroker, redis_url, timeout_s=REDIS_TIMEOUT_S, prefix=prefix)
+    )
     install_chaos(other)
     await startup(other)
     async with serving(create_app(other)) as address:
@@ -147,7 +152,10 @@ async def test_without_redis_runs_complete_and_readiness_names_the_broker(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    container.broker.override(providers.Singleton(RedisBroker, f"redis://127.0.0.1:{closed}/0"))
+    unreachable = f"redis://127.0.0.1:{closed}/0"
+    container.broker.override(
+        providers.Singleton(RedisBroker, unreachable, timeout_s=REDIS_TIMEOUT_S)
+    )
     await startup(container)  # starts all the same: cancels are heard once Redis is back
     headers = auth(container, "alice")
     body = await send(client, headers, await new_thread(client, headers), "what is 1 + 2?")

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from src.runs.domain import Event
 from src.services.broker import Frame, Subscription
 from src.services.redis_broker import GAP_MESSAGE, RedisBroker, gap_frame
-from tests.helpers import reachable_redis
+from tests.helpers import REDIS_TIMEOUT_S, reachable_redis
 
 pytestmark = pytest.mark.redis
 
@@ -63,14 +63,18 @@ async def admin(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def worker_a(redis_url: str, names: Names) -> AsyncIterator[RedisBroker]:
-    broker = RedisBroker(redis_url, prefix=names.prefix, client_name=names.a)
+    broker = RedisBroker(
+        redis_url, timeout_s=REDIS_TIMEOUT_S, prefix=names.prefix, client_name=names.a
+    )
     yield broker
     await broker.aclose()
 
 
 @pytest.fixture
 async def worker_b(redis_url: str, names: Names) -> AsyncIterator[RedisBroker]:
-    broker = RedisBroker(redis_url, prefix=names.prefix, client_name=names.b)
+    broker = RedisBroker(
+        redis_url, timeout_s=REDIS_TIMEOUT_S, prefix=names.prefix, client_name=names.b
+    )
     yield broker
     await broker.aclose()
 
@@ -229,7 +233,9 @@ async def test_a_broker_heals_once_redis_is_reachable_again(
     of hanging, listening for cancels does not fail, one warning is logged however many retries;
     once Redis is back the subscription gets a `gap` frame, then events and cancels arrive."""
     async with Relay(redis_url) as relay:
-        worker_a = RedisBroker(relay.url, prefix=names.prefix, client_name=names.a)
+        worker_a = RedisBroker(
+            relay.url, timeout_s=REDIS_TIMEOUT_S, prefix=names.prefix, client_name=names.a
+        )
         try:
             alice = await worker_a.subscribe("alice", max_pending=100)
             await relay.cut()

@@ -43,7 +43,14 @@ from src.services.database.migrations import upgrade_to_head
 from src.services.errors import Unauthorized
 from src.settings import Settings
 from src.web.app import create_app
-from tests.helpers import POSTGRES_ADMIN_URL, auth, postgres_admin, reachable_redis, serving
+from tests.helpers import (
+    POSTGRES_ADMIN_URL,
+    REDIS_TIMEOUT_S,
+    auth,
+    postgres_admin,
+    reachable_redis,
+    serving,
+)
 from tests.llm_server import FakeModelServer
 
 API_KEY = "sk-isochat-test-key-0123456789abcdef"  # caught only as a literal: no pattern fits
@@ -455,7 +462,10 @@ async def test_a_ticket_is_single_use_across_workers() -> None:
     redis_url = await reachable_redis()
     prefix = f"isochat-test:{uuid.uuid4().hex}:"
     workers = [
-        WsTickets(secret=AUTH_SECRET, used=RedisUsedTickets(redis_url, prefix=prefix))
+        WsTickets(
+            secret=AUTH_SECRET,
+            used=RedisUsedTickets(redis_url, timeout_s=REDIS_TIMEOUT_S, prefix=prefix),
+        )
         for _ in range(2)
     ]
     try:
@@ -478,7 +488,7 @@ async def test_no_ticket_passes_while_its_use_cannot_be_recorded(
         closed_port = s.getsockname()[1]
     unreachable = WsTickets(
         secret=container.settings().auth_secret,
-        used=RedisUsedTickets(f"redis://127.0.0.1:{closed_port}/0"),
+        used=RedisUsedTickets(f"redis://127.0.0.1:{closed_port}/0", timeout_s=REDIS_TIMEOUT_S),
     )
     container.ws_tickets.override(providers.Object(unreachable))
     try:

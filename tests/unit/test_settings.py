@@ -51,6 +51,10 @@ def problems(monkeypatch: pytest.MonkeyPatch, **variables: str) -> list[str]:
             "ISOCHAT_RUN_TIMEOUT_S: expected a number greater than 0, got 'soon'",
         ),
         (
+            {"REDIS_TIMEOUT_S": "0"},
+            "ISOCHAT_REDIS_TIMEOUT_S: expected a number greater than 0, got '0'",
+        ),
+        (
             {"LEAK_MARGIN_S": "-1"},
             "ISOCHAT_LEAK_MARGIN_S: expected a number of at least 0, got '-1'",
         ),
@@ -205,6 +209,7 @@ def test_good_settings_load() -> None:
     assert isinstance(settings, Settings)
     assert settings.database_url == "sqlite+aiosqlite:///./var/isochat.db"
     assert settings.port == 8000
+    assert settings.redis_timeout_s == 1.0
 
 
 @pytest.mark.parametrize(

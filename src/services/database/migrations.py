@@ -10,20 +10,16 @@ the schema at head and do nothing:
   migration connection. Advisory locks are per database, so databases on one server do not wait
   for each other. It needs a real session: behind a pooler in transaction mode (PgBouncer
   ``pool_mode=transaction``) migrate over a direct connection.
-- SQLite file: ``fcntl.flock`` on a sibling file ``<database file>.migrate.lock``, waited for at
-  most ``MIGRATION_LOCK_TIMEOUT_S``. ``:memory:`` databases are private to one connection and
-  need none.
+- SQLite file: an exclusive ``flock`` (through ``filelock``) on a sibling file
+  ``<database file>.migrate.lock``, waited for at most ``MIGRATION_LOCK_TIMEOUT_S``.
+  ``:memory:`` databases are private to one connection and need none.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import importlib.util
 import logging
-import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +29,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock, Timeout
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -66,9 +63,6 @@ MIGRATION_LOCK_KEY = int.from_bytes(
 # How long a process waits for another one's SQLite migration before giving up. A migration of
 # a SQLite file takes well under a second; a lock held this long means a hung process.
 MIGRATION_LOCK_TIMEOUT_S = 120.0
-# flock has no timeout and a signal can interrupt it only in the main thread (migrations may run
-# in a worker thread), so the bounded wait polls a non-blocking flock at this interval.
-_LOCK_POLL_S = 0.05
 
 
 class MigrationLockTimeout(RuntimeError):
@@ -158,45 +152,38 @@ def sqlite_lock_file(database_file: Path) -> Path:
 def sqlite_file_lock(
     database_file: Path, *, timeout_s: float = MIGRATION_LOCK_TIMEOUT_S
 ) -> Iterator[Path]:
-    """Hold the migration lock of a SQLite file for the block (yields the lock file's path).
+    """Hold the migration lock of a SQLite file for the block (yields the lock file's path);
+    ``MigrationLockTimeout`` after ``timeout_s`` of waiting for another holder.
 
     An exclusive ``flock`` on ``<database file>.migrate.lock``: the kernel releases it when the
     holder exits, even killed, so a dead migrator never blocks the next one. The lock file is
-    left in place: deleting it would let a process that opened the old file and one that
-    creates a new one both believe they hold the lock.
+    left in place (``preserve_lock_file``): deleting it would let a process that opened the old
+    file and one that creates a new one both believe they hold the lock. For the same reason
+    there is no fallback to a lock that is a file's existence (filelock's "soft" lock, for
+    file systems without ``flock``): one left behind by a killed migrator would block every
+    later one; such a file system gets an error instead.
+
+    ``filelock`` waits by polling a non-blocking ``flock``: a blocking one has no timeout, and
+    a signal interrupts it only in the main thread (migrations may run in a worker thread).
     """
     lock_path = sqlite_lock_file(database_file)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(lock_path, preserve_lock_file=True, fallback_to_soft=False)
     try:
-        _flock_within(fd, lock_path, timeout_s)
         try:
-            yield lock_path
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _flock_within(fd: int, lock_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    waiting = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-        if time.monotonic() >= deadline:
-            raise MigrationLockTimeout(
-                f"gave up after {timeout_s:g} s waiting for the migration lock {lock_path}: "
-                "another process is migrating this database, or is hung holding the lock"
-            )
-        if not waiting:
-            waiting = True
+            lock.acquire(blocking=False)
+        except Timeout:
             log.info("another process is migrating; waiting for the lock %s", lock_path)
-        time.sleep(_LOCK_POLL_S)
+            lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise MigrationLockTimeout(
+            f"gave up after {timeout_s:g} s waiting for the migration lock {lock_path}: "
+            "another process is migrating this database, or is hung holding the lock"
+        ) from None
+    try:
+        yield lock_path
+    finally:
+        lock.release()
 
 
 @contextmanager

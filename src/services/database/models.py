@@ -5,12 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-RUN_STATUSES = ("running", "completed", "failed", "cancelled")
+# Every status of a run (docs/api.md, "Objects"); the database refuses any other.
+from src.runs.domain import RUN_STATUSES
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -75,7 +87,7 @@ class RunRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
     route: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -105,6 +117,12 @@ class RunRow(Base):
             postgresql_where=text("status = 'running'"),
         ),
         Index("ix_runs_status", "status"),
+        # Named ck_runs_status by the naming convention. A writer with a typo in a status
+        # fails loudly instead of storing a run that no reader understands.
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{status}'" for status in RUN_STATUSES)),
+            name="status",
+        ),
     )
 
 
