@@ -9,10 +9,10 @@ from typing import Any, cast
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from src.drill.cli import add_arguments, options_from
 from src.drill.client import Socket, UserClient
 from src.drill.plan import HEALTHY, make_users, owner_of, question
 from src.drill.report import cross_user_frames, percentile, sequence_problems
-from src.drill.runner import add_arguments, options_from
 
 
 def event(seq: int, type_: str = "agent_started", **data: Any) -> dict[str, Any]:
