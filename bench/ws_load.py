@@ -48,13 +48,15 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+
+from src.drill.checks import Frame, count_cross_user, sequence_problems
+from src.runs.domain import FINAL_EVENT_TYPES
 
 ISOCHAT = str(Path(sys.executable).parent / "isochat")
 HOST = "127.0.0.1"  # loopback only
@@ -68,7 +70,6 @@ PAUSE_BETWEEN_PHASES_S = 1.0
 SETTLE_S = 2.0  # after the load, before reading RSS: sockets and scopes finish tearing down
 FD_HEADROOM = 200
 FD_CAP_WHEN_UNLIMITED = 65536
-FINAL_EVENTS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 SERVER_GAUGES = (
     "isochat_request_scopes_open",
     "isochat_db_sessions_open",
@@ -77,8 +78,6 @@ SERVER_GAUGES = (
 )
 LOG_TAIL_LINES = 60
 MAX_PROBLEMS_SHOWN = 20
-
-Frame = dict[str, Any]
 
 
 # --- the server process -------------------------------------------------------------------------
@@ -268,44 +267,39 @@ async def prepare_users(url: str, users: Sequence[User]) -> None:
 
 
 class RunWatch:
-    """Everything one user's socket received, sorted into own-run frames and intruders."""
+    """Everything one user's socket received; the user's own run is the one whose
+    ``run_started`` echoed their ``request_id``. The checks are the drill's
+    (``src/drill/checks.py``), so the bench and ``isochat drill`` count the same things."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.run_id: str | None = None
-        self.seqs: list[object] = []
-        self.finals: list[Frame] = []
-        self.cross_user = 0
+        self.frames: list[Frame] = []
+        self.final: Frame | None = None  # the own run's first final event
         self.errors: list[str] = []
 
     def see(self, frame: Frame) -> None:
         kind = frame.get("type")
-        if kind == "pong":
+        # A gap notice is about no run: whether events were missed, the seqs say.
+        if kind in ("pong", "gap"):
             return
         if "run_id" not in frame:
             self.errors.append(f"unexpected frame {json.dumps(frame)[:300]}")
             return
+        self.frames.append(frame)
         echoed = (frame.get("data") or {}).get("request_id") if kind == "run_started" else None
         if kind == "run_started" and self.run_id is None and echoed == self.request_id:
             self.run_id = frame["run_id"]
-        if frame["run_id"] != self.run_id or (kind == "run_started" and echoed != self.request_id):
-            self.cross_user += 1
-            return
-        self.seqs.append(frame.get("seq"))
-        if kind in FINAL_EVENTS:
-            self.finals.append(frame)
+        if frame["run_id"] == self.run_id and kind in FINAL_EVENT_TYPES and self.final is None:
+            self.final = frame
+
+    def cross_user_frames(self) -> int:
+        return count_cross_user(self.frames, own_runs={self.run_id} if self.run_id else set())
 
     def seq_violations(self) -> int:
-        """Each seq that is not its predecessor + 1, plus each final event beyond (or short of)
-        exactly one, plus a final event that is not the run's last frame."""
-        steps = sum(1 for prev, seq in pairwise([0, *self.seqs]) if seq != _next(prev))
-        finals = abs(len(self.finals) - 1)
-        last = 1 if self.finals and self.finals[0].get("seq") != self.seqs[-1] else 0
-        return steps + finals + last
-
-
-def _next(seq: object) -> object:
-    return seq + 1 if isinstance(seq, int) else None
+        if self.run_id is None:
+            return 0
+        return sequence_problems([f for f in self.frames if f["run_id"] == self.run_id])
 
 
 @dataclass(slots=True)
@@ -343,7 +337,7 @@ async def run_chat(ws: ClientConnection, user: User, thread_id: str, watch: RunW
         raw = await ws.recv()
         received = time.perf_counter()
         watch.see(parse(raw))
-        if watch.finals:
+        if watch.final is not None:
             return received - start
         if watch.errors:
             raise RuntimeError(watch.errors[0])
@@ -366,9 +360,9 @@ async def chat_once(ws_url: str, user: User, thread_id: str) -> Outcome:
             await drain(ws, watch)
     except (OSError, TimeoutError, ValueError, RuntimeError, WebSocketException) as exc:
         outcome.problems.append(f"{type(exc).__name__}: {exc}")
-    outcome.final = watch.finals[0] if watch.finals else None
-    outcome.cross_user_frames = watch.cross_user
-    outcome.seq_violations = watch.seq_violations() if watch.run_id else 0
+    outcome.final = watch.final
+    outcome.cross_user_frames = watch.cross_user_frames()
+    outcome.seq_violations = watch.seq_violations()
     outcome.problems += watch.errors
     outcome.problems += judge(outcome)
     return outcome

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from src.drill import runner as drill_runner
+from src.drill import cli as drill_cli
 from src.logs import configured_secrets, logging_config
 from src.plugins import BadPlugin, plugin_classes
 from src.services.auth import TokenService
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "run ended, and what was left behind. Exit 0 when everything was contained, 1 when "
         "not, 2 for bad options, 3 when the drill could not run.",
     )
-    drill_runner.add_arguments(drill)
+    drill_cli.add_arguments(drill)
     args = parser.parse_args(argv)
 
     try:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "drill":
         # A client of the deployment: it signs its users' tokens, and touches no database.
-        return drill_runner.main(
+        return drill_cli.main(
             args, auth_secret=settings.auth_secret, drill_secret=settings.drill_secret
         )
 

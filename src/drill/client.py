@@ -15,10 +15,10 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from src.drill.checks import Frame
 from src.drill.plan import DrillUser, question
 from src.runs.domain import FINAL_EVENT_TYPES
 
-Frame = dict[str, Any]
 OPEN_TIMEOUT_S = 10.0
 HTTP_ATTEMPTS = 5  # a 429 is waited out this many times at most
 MAX_RETRY_AFTER_S = 15.0

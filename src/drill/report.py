@@ -4,18 +4,17 @@ said, the checks that gate a deployment, and the two ways they are shown (a tabl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from src.drill.client import Frame, RunRecord, UserClient
+from src.drill.checks import Frame, count_cross_user, sequence_problems
+from src.drill.client import RunRecord, UserClient
 from src.drill.hosts import GAUGES, HostReading
 from src.drill.plan import EXPECTED, HEALTHY, OPERAND, expected_outcome, owner_of
-from src.runs.domain import FINAL_EVENT_TYPES
 
 MAX_LISTED = 20  # unexpected runs and problems listed at most
 MB = 1024 * 1024
@@ -154,32 +153,15 @@ def build_report(found: Findings) -> Report:
 def cross_user_frames(client: UserClient) -> int:
     """Frames this user received that are not about their own runs: another run's id, or a
     text naming a number only another user's question named."""
+
+    def names_another_user(text: str) -> bool:
+        return any(owner_of(int(n)) != client.user.index for n in OPERAND.findall(text))
+
     mine = client.run_ids
-    count = 0
-    for socket in client.sockets:
-        for frame in socket.frames:
-            run_id = frame.get("run_id")
-            foreign_run = run_id is not None and run_id not in mine
-            foreign_text = any(
-                owner_of(int(n)) != client.user.index
-                for text in texts_of(frame)
-                for n in OPERAND.findall(text)
-            )
-            count += foreign_run or foreign_text
-    return count
-
-
-def texts_of(value: Any) -> Iterable[str]:
-    """Every text a frame carries, ids and timestamps left out (a UUID can hold nine digits)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not (k == "id" or k.endswith("_id") or k in ("ts", "created_at", "finished_at")):
-                yield from texts_of(v)
-    elif isinstance(value, list):
-        for item in value:
-            yield from texts_of(item)
-    elif isinstance(value, str):
-        yield value
+    return sum(
+        count_cross_user(socket.frames, own_runs=mine, foreign_text=names_another_user)
+        for socket in client.sockets
+    )
 
 
 def seq_problems(client: UserClient) -> int:
@@ -201,18 +183,6 @@ def seq_problems(client: UserClient) -> int:
                 frames_of[frame["run_id"]].append(frame)
         problems += sum(sequence_problems(frames) for frames in frames_of.values())
     return problems
-
-
-def sequence_problems(frames: list[Frame]) -> int:
-    seqs = [frame.get("seq") for frame in frames]
-    steps = sum(1 for prev, seq in pairwise([0, *seqs]) if not _follows(prev, seq))
-    finals = [i for i, frame in enumerate(frames) if frame.get("type") in FINAL_EVENT_TYPES]
-    last = 1 if finals and finals[0] != len(frames) - 1 else 0  # anything after the end
-    return steps + abs(len(finals) - 1) + last
-
-
-def _follows(prev: object, seq: object) -> bool:
-    return isinstance(prev, int) and isinstance(seq, int) and seq == prev + 1
 
 
 def kind_figures(kind: str, faulty: list[RunRecord]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The drill's plan and figures, on frames made up here: who its users are, what a cross-user
-frame is, what a seq gap is, and which options it refuses."""
+"""The drill's plan, checks and figures, on frames made up here: who its users are, what a
+cross-user frame is, what a seq gap is, and which options it refuses."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any, cast
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from src.drill.checks import count_cross_user, sequence_problems
+from src.drill.cli import add_arguments, options_from
 from src.drill.client import Socket, UserClient
 from src.drill.plan import HEALTHY, make_users, owner_of, question
-from src.drill.report import cross_user_frames, percentile, sequence_problems
-from src.drill.runner import add_arguments, options_from
+from src.drill.report import cross_user_frames, percentile, seq_problems
 
 
 def event(seq: int, type_: str = "agent_started", **data: Any) -> dict[str, Any]:
@@ -34,6 +35,27 @@ def test_seq_problems_count_every_way_a_run_is_not_told_once_in_order(
     seqs_and_types: list[tuple[int, str]], problems: int
 ) -> None:
     assert sequence_problems([event(s, t) for s, t in seqs_and_types]) == problems
+
+
+def test_a_frame_of_a_run_not_the_users_own_is_cross_user_whatever_its_text() -> None:
+    """Without a test of texts (the bench's users name no unique numbers), a run id decides."""
+    own = [event(1, "run_started"), event(2, "run_completed", message={"content": "42"})]
+    theirs = {**event(3), "run_id": "run-b"}
+    assert count_cross_user(own, own_runs={"run-a"}) == 0
+    assert count_cross_user([*own, theirs], own_runs={"run-a"}) == 1
+    assert count_cross_user([theirs], own_runs=set()) == 1
+
+
+GAP = {"type": "gap", "message": "live events may have been missed; replay each run you follow"}
+
+
+def test_a_gap_notice_is_neither_a_cross_user_frame_nor_a_seq_problem() -> None:
+    """Checked the same whether or not the server tells a socket of a gap: only seqs count."""
+    frames = [event(1, "run_started"), GAP, event(2, "agent_started"), event(3, "run_completed")]
+    assert count_cross_user(frames, own_runs={"run-a"}) == 0
+    assert sequence_problems([f for f in frames if f.get("run_id") == "run-a"]) == 0
+    assert cross_user_frames(client_with(frames)) == 0
+    assert seq_problems(client_with(frames)) == 0
 
 
 def client_with(frames: list[dict[str, Any]]) -> UserClient:

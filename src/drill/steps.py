@@ -1,4 +1,4 @@
-"""``isochat drill``: the drill's steps against a live deployment, in order.
+"""The drill's steps against a live deployment, in order (the phases' load is ``phases``).
 
 1. Every host answers ``/health/ready`` and ``/metrics`` (gauges and memory, before).
 2. Each user gets a token (drill users' carry the drill claim) and a thread; one drill user's
@@ -17,38 +17,28 @@ and nothing is sent once a phase's duration is over.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import itertools
-import json
-import logging
-import sys
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from src.drill.client import DrillAborted, RunRecord, UserClient
 from src.drill.faults import DrillClaim, marker
 from src.drill.hosts import HostReading, read_host
-from src.drill.plan import EXPECTED, HEALTHY, KINDS, MAX_USERS, make_users, question
+from src.drill.phases import Phases
+from src.drill.plan import HEALTHY, KINDS, make_users, question
+from src.drill.progress import DrillProgress
 from src.drill.report import Findings, HostFigures, Report, build_report
 from src.services.auth import TokenService
 
-EXIT_CONTAINED = 0
-EXIT_NOT_CONTAINED = 1
-EXIT_CANNOT_DRILL = 3
 END_GRACE_S = 15.0  # past the run timeout, for a run's end to be written and delivered
 HTTP_TIMEOUT_S = 30.0
 SETUP_CONCURRENCY = 20
 SETTLE_POLL_S = 0.25
-TOKEN_SPARE_S = 600  # drill users' tokens outlive the drill by this much, no more
-RATE_LIMITED_PAUSE_S = 1.0
 
 T = TypeVar("T")
 
@@ -75,104 +65,6 @@ class Options:
         return 2 * (self.duration_s + self.run_wait_s) + self.settle_s + 60
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url", action="append", required=True, dest="urls", metavar="URL",
-        help="the deployment (repeat for each host; users are spread over them)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--metrics-url", action="append", default=[], dest="metrics_urls", metavar="URL",
-        help="each host's /metrics, when the --url is a load balancer (default: URL/metrics)",
-    )  # fmt: skip
-    parser.add_argument("--users", type=int, default=20, help="users in all (default 20)")
-    parser.add_argument(
-        "--faulty", type=float, default=0.2, help="share of them that are drill users (0.2)"
-    )
-    parser.add_argument(
-        "--kinds", default=",".join(KINDS), help=f"faults, comma-separated ({','.join(KINDS)})"
-    )
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (20)")
-    parser.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between a user's messages (0.5)"
-    )
-    parser.add_argument(
-        "--run-timeout", type=float, default=120.0,
-        help="the deployment's ISOCHAT_RUN_TIMEOUT_S: how long a hung run may take (120)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--settle", type=float, default=30.0, help="seconds for the gauges to come back (30)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (none when not a terminal)"
-    )
-
-
-def options_from(args: argparse.Namespace) -> Options:
-    """``ValueError`` saying which option is wrong."""
-    urls = [u.rstrip("/") for u in args.urls]
-    for url in [*urls, *args.metrics_urls]:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"--url and --metrics-url take http(s)://host:port, got {url!r}")
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in EXPECTED or k == HEALTHY]
-    if unknown or not kinds:
-        raise ValueError(f"--kinds takes some of {','.join(KINDS)}, got {args.kinds!r}")
-    if not 2 <= args.users <= MAX_USERS:
-        raise ValueError(f"--users takes 2 to {MAX_USERS}")
-    if not 0 < args.faulty < 1:
-        raise ValueError("--faulty takes a share between 0 and 1, such as 0.2")
-    for name in ("duration", "interval", "run_timeout"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} takes a number of seconds above 0")
-    if args.settle < 0:
-        raise ValueError("--settle takes a number of seconds, 0 or more")
-    return Options(
-        urls=urls,
-        metrics_urls=args.metrics_urls or [f"{u}/metrics" for u in urls],
-        users=args.users,
-        faulty=args.faulty,
-        kinds=kinds,
-        duration_s=args.duration,
-        interval_s=args.interval,
-        run_timeout_s=args.run_timeout,
-        settle_s=args.settle,
-    )
-
-
-def main(args: argparse.Namespace, *, auth_secret: str, drill_secret: str | None) -> int:
-    """Run the drill ``args`` describe; the exit code (0 contained, 1 not, 2 bad options,
-    3 the drill could not run)."""
-    if drill_secret is None:
-        print(
-            "isochat: isochat drill needs ISOCHAT_DRILL_SECRET, set to the deployment's",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        options = options_from(args)
-    except ValueError as exc:
-        print(f"isochat: {exc}", file=sys.stderr)
-        return 2
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    tokens = DrillTokens(
-        TokenService(secret=auth_secret, ttl_s=int(options.longest_s) + TOKEN_SPARE_S),
-        DrillClaim(drill_secret),
-    )
-    errors = Console(stderr=True)
-    show = not args.no_progress and errors.is_terminal
-    try:
-        report = asyncio.run(Drill(options, tokens, console=errors, progress=show).run())
-    except DrillAborted as exc:
-        print(f"isochat: the drill could not run: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_DRILL
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        report.render(Console())
-    return EXIT_CONTAINED if report.ok else EXIT_NOT_CONTAINED
-
-
 class DrillTokens:
     """The drill users' tokens: a drill user's carries the claim only the drill secret makes."""
 
@@ -185,26 +77,25 @@ class DrillTokens:
 
 
 class Drill:
-    def __init__(
-        self, options: Options, tokens: DrillTokens, *, console: Console, progress: bool
-    ) -> None:
+    """One drill: ``run`` takes the steps above in order, tidies up on every way out, and
+    hands what it saw to the report."""
+
+    def __init__(self, options: Options, tokens: DrillTokens, *, progress: DrillProgress) -> None:
         self._options = options
         self._tokens = tokens
+        self._progress = progress
         self._http: dict[str, httpx.AsyncClient] = {}
         users = make_users(options.urls, users=options.users, faulty_share=options.faulty)
         self._clients = [UserClient(user, self._http) for user in users]
-        self._problems: list[str] = []
-        self._rate_limited = 0  # messages the rate limit refused, sent again
-        self._counts: dict[TaskID, tuple[int, int]] = {}  # runs ended, not as expected
-        self._threads_deleted = False
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[runs]} runs, {task.fields[off]} not as expected"),
-            console=console,
-            disable=not progress,
+        self._phases = Phases(
+            kinds=options.kinds,
+            duration_s=options.duration_s,
+            interval_s=options.interval_s,
+            run_wait_s=options.run_wait_s,
+            progress=progress,
         )
+        self._problems: list[str] = []
+        self._threads_deleted = False
 
     @property
     def _healthy(self) -> list[UserClient]:
@@ -219,8 +110,8 @@ class Drill:
             with self._progress:
                 before = await self._ready()
                 await self._prepare()
-                await self._phase("baseline", self._healthy)
-                await self._phase("drill", self._clients)
+                await self._phases.run("baseline", self._healthy)
+                await self._phases.run("drill", self._clients)
                 await self._close_sockets()
                 self._note_lost_sockets()
                 stored = await self._stored_events()
@@ -245,7 +136,7 @@ class Drill:
                     HostFigures(url, before[url], after[url]) for url in self._options.metrics_urls
                 ],
                 problems=self._problems,
-                rate_limited=self._rate_limited,
+                rate_limited=self._phases.rate_limited,
                 seconds=time.monotonic() - started,
             )
         )
@@ -291,80 +182,6 @@ class Drill:
                 f"{response.status_code}, run {run and run.get('status')}): is "
                 "ISOCHAT_DRILL_SECRET set there, to the same value as here?"
             )
-
-    # 3-4: the phases
-
-    async def _phase(self, name: str, clients: Sequence[UserClient]) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(c.main_socket() for c in clients if c.main is None))
-        task = self._progress.add_task(f"{name:8}", total=self._options.duration_s, runs=0, off=0)
-        until = loop.time() + self._options.duration_s
-        kinds = itertools.cycle(self._options.kinds)  # faulty users take the faults in turn
-
-        async def tick() -> None:
-            while (left := until - loop.time()) > 0:
-                self._progress.update(task, completed=self._options.duration_s - left)
-                await asyncio.sleep(0.2)
-
-        ticker = asyncio.create_task(tick())
-        try:
-            await asyncio.gather(*(self._user(c, name, until, kinds, task) for c in clients))
-        finally:
-            ticker.cancel()
-        self._progress.update(task, completed=self._options.duration_s)
-
-    async def _user(
-        self, client: UserClient, phase: str, until: float, kinds: Iterator[str], task: TaskID
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        while (started := loop.time()) < until:
-            kind = next(kinds) if client.user.faulty else HEALTHY
-            record = client.new_record(kind, phase)
-            await self._one_run(client, record)
-            if record.run_id is None and record.code == "rate_limited":
-                # The drill's own pace is over the user's limit: not the deployment's failure.
-                client.forget(record)
-                self._rate_limited += 1
-                await asyncio.sleep(RATE_LIMITED_PAUSE_S)
-                continue
-            self._count(task, record)
-            await asyncio.sleep(max(0.0, started + self._options.interval_s - loop.time()))
-
-    async def _one_run(self, client: UserClient, record: RunRecord) -> None:
-        wait_s = self._options.run_wait_s
-        try:
-            async with asyncio.timeout(wait_s):
-                if record.kind == "disconnect":
-                    socket = await client.open_socket(client.user.other_host, main=False)
-                    await client.chat(socket, record)
-                    await _first(record.working, record.ended)
-                    socket.drop()
-                else:
-                    await client.chat(await client.main_socket(), record)
-                    if record.kind == "cancel":
-                        await _first(record.working, record.ended)
-                        await self._cancel(client, record)
-                await record.ended.wait()
-        except TimeoutError:
-            record.problem = f"no final event within {wait_s:g} s"
-        except DrillAborted as exc:
-            record.problem = str(exc)
-            record.end(status=None, code=None)
-
-    async def _cancel(self, client: UserClient, record: RunRecord) -> None:
-        """Cancel from the user's other host: the cancel must reach the run wherever it runs."""
-        if record.ended.is_set() or record.run_id is None:
-            return
-        path = f"/api/runs/{record.run_id}/cancel"
-        response = await client.request("POST", path, host=client.user.other_host)
-        if response.status_code not in (202, 409):  # 409: it ended first
-            record.problem = f"POST {path} answered {response.status_code}"
-
-    def _count(self, task: TaskID, record: RunRecord) -> None:
-        runs, off = self._counts.get(task, (0, 0))
-        runs, off = runs + 1, off + ((record.status, record.code) != EXPECTED[record.kind])
-        self._counts[task] = (runs, off)
-        self._progress.update(task, runs=runs, off=off)
 
     # 5: after the load
 
@@ -432,14 +249,14 @@ class Drill:
     async def _settle(self, before: dict[str, HostReading]) -> dict[str, HostReading]:
         """The hosts' readings once every gauge is back where it was, or when ``settle`` is
         over (polling: nothing outside a server can wait for its teardown)."""
-        task = self._progress.add_task("settling", total=None, runs="-", off="-")
+        bar = self._progress.settling()
         deadline = time.monotonic() + self._options.settle_s
         while True:
             after = await self._read_hosts()
             if all(after[u].settled_since(before[u]) for u in after) or (
                 time.monotonic() >= deadline
             ):
-                self._progress.update(task, total=1, completed=1)
+                bar.done()
                 return after
             await asyncio.sleep(SETTLE_POLL_S)
 
@@ -456,13 +273,3 @@ async def _bounded(work: Iterable[Awaitable[T]]) -> list[T]:
             return await awaitable
 
     return await asyncio.gather(*(one(a) for a in work))
-
-
-async def _first(*events: asyncio.Event) -> None:
-    """Until one of ``events`` is set."""
-    waiters = [asyncio.create_task(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
