@@ -45,6 +45,9 @@ class Supervisor:
         self._at_work: str | None = None  # the agent working now, named when the run fails
         self._route: str | None = None
         self._deadline: asyncio.Timeout | None = None
+        # The run as its end was stored here (kept for the caller: a task that stored its
+        # cancel re-raises the cancellation, and returns nothing).
+        self.ended: Ended | None = None
 
     async def run(self) -> Ended | None:
         """Run the agents on the run's message to one end, stored: the run as it ended (None
@@ -112,6 +115,7 @@ class Supervisor:
             log.info("run %s had already ended elsewhere", self._context.run_id)
         else:
             log.info("run ended %s", ended.run.status)
+        self.ended = ended
         return ended
 
     def _describe(self, exc: Exception) -> RunError:

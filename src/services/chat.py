@@ -41,6 +41,11 @@ class RunsAgents(Protocol):
         """The run's agents to the run's end, stored (None when it ended elsewhere first)."""
         ...
 
+    @property
+    def ended(self) -> Ended | None:
+        """The run as its agents stored its end, if they did (also when they were cancelled)."""
+        ...
+
 
 class ChatService:
     """One request's message and run use cases."""
@@ -170,9 +175,8 @@ class ChatService:
                 release_frames(cancel)
                 del agents, task
                 raise
-        # The run's task saw a cancel that arrived after its end was stored (the cancel lost
-        # the race): the stored end is the answer.
-        return None
+        # The run was cancelled: its task stored the end (unless another process did first).
+        return agents.ended
 
     async def get_run(self, *, user_id: str, run_id: str) -> Run:
         run = None
