@@ -31,7 +31,7 @@ from src.runs import ledger
 from src.runs.domain import Run, RunError, RunStatus, Usage, utcnow
 from src.runs.ledger import Ended, EndStatus
 from src.services.broker import EventBroker
-from src.services.database.engine import Database, unavailable
+from src.services.database.engine import Database, DatabaseUnavailable, unavailable
 from src.services.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -125,27 +125,32 @@ class RunEnder:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._retry_for_s
         delay = FIRST_RETRY_S
+        failure: Exception | None = None  # set while the last write's fate is unknown
         while True:
-            try:
-                ended = await self._database.write(
-                    ledger.finish,
-                    run_id=run_id,
-                    thread_id=thread_id,
-                    status=outcome.status,
-                    ts=ts,
-                    error=outcome.error,
-                    answer=outcome.answer,
-                    route=outcome.route,
-                    usage=outcome.usage,
-                    from_status=from_status,
-                    lease_expired_before=lease_expired_before,
-                )
-                break
-            except Exception as exc:
-                if not unavailable(exc):
-                    raise
-                failure = exc
-            log.warning("the end of run %s may not have been stored (%s)", run_id, repr(failure))
+            if failure is None:
+                try:
+                    ended = await self._database.write(
+                        ledger.finish,
+                        run_id=run_id,
+                        thread_id=thread_id,
+                        status=outcome.status,
+                        ts=ts,
+                        error=outcome.error,
+                        answer=outcome.answer,
+                        route=outcome.route,
+                        usage=outcome.usage,
+                        from_status=from_status,
+                        lease_expired_before=lease_expired_before,
+                    )
+                    break
+                except Exception as exc:
+                    if not unavailable(exc):
+                        raise
+                    failure = exc
+                    log.warning(
+                        "the end of run %s may not have been stored (%s)", run_id, repr(exc)
+                    )
+            # What is stored decides: read back before writing again, for as long as it takes.
             stored = await self._read_back(run_id)
             if isinstance(stored, Ended):
                 mine = stored.run.finished_at == ts and stored.run.status == outcome.status
@@ -155,8 +160,10 @@ class RunEnder:
                 break
             if stored is None or (isinstance(stored, Run) and stored.ended):
                 return None  # ended by someone else (or gone with its thread)
+            if isinstance(stored, Run):
+                failure = None  # not stored: the write can be tried again
             if loop.time() + delay > give_up_at:
-                raise failure
+                raise failure or DatabaseUnavailable(f"the end of run {run_id} was not stored")
             await asyncio.sleep(delay)
             delay = min(2 * delay, MAX_RETRY_S)
         if ended is None:

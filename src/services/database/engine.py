@@ -156,7 +156,8 @@ class SQLiteWriter:
     """
 
     def __init__(self, url: URL, *, timeout_s: float) -> None:
-        self._engine = create_sync_engine(
+        # The thread's own engine (tests hold its commits to see what a late commit does).
+        self.engine = create_sync_engine(
             url.set(drivername="sqlite"),
             pool_size=1,
             max_overflow=0,
@@ -166,7 +167,7 @@ class SQLiteWriter:
             # Other processes' writers (SQLite's own lock), and closing from the loop's thread.
             connect_args={"timeout": timeout_s, "check_same_thread": False},
         )
-        _configure_sqlite(self._engine, begin="BEGIN IMMEDIATE")
+        _configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isochat-writer")
 
     async def run(self, work: Callable[[Connection], T]) -> T:
@@ -175,7 +176,7 @@ class SQLiteWriter:
         def transaction() -> T:
             if given_up.is_set():  # its caller stopped waiting before its turn came
                 raise DatabaseTimeout("the write was given up before it started")
-            with self._engine.begin() as conn:
+            with self.engine.begin() as conn:
                 return work(conn)
 
         future = asyncio.get_running_loop().run_in_executor(self._thread, transaction)
@@ -187,11 +188,11 @@ class SQLiteWriter:
             given_up.set()  # a no-op once it ran; otherwise it never will
 
     def checked_out(self) -> int:
-        pool = self._engine.pool
+        pool = self.engine.pool
         return pool.checkedout() if isinstance(pool, QueuePool) else 0
 
     async def dispose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
         self._thread.shutdown(wait=False)
 
 
@@ -249,7 +250,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine, metrics: Metrics, *, timeout_s: float = 10.0) -> None:
         self.engine = engine
-        self._writer = create_writer(engine, timeout_s=timeout_s)
+        self.writer = create_writer(engine, timeout_s=timeout_s)  # where every write runs
         self._probe = create_probe_engine(engine)
         self._metrics = metrics
         # A shielded step (a whole transaction) may run a few statements, each bounded by the
@@ -267,7 +268,7 @@ class Database:
         def transaction(conn: Connection) -> T:
             return work(conn, *args, **kwargs)
 
-        return await _within_deadline(self._writer.run(transaction), self.step_timeout_s)
+        return await _within_deadline(self.writer.run(transaction), self.step_timeout_s)
 
     async def read(
         self, work: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -326,10 +327,10 @@ class Database:
 
     def checked_out_connections(self) -> int:
         checkedout: Callable[[], int] | None = getattr(self.engine.pool, "checkedout", None)
-        return (checkedout() if checkedout is not None else 0) + self._writer.checked_out()
+        return (checkedout() if checkedout is not None else 0) + self.writer.checked_out()
 
     async def dispose(self) -> None:
-        await self._writer.dispose()
+        await self.writer.dispose()
         await self.engine.dispose()
         if self._probe is not self.engine:
             await self._probe.dispose()
