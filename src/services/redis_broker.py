@@ -38,14 +38,12 @@ RESTART_MAX_S = 2.0
 # Redis confirms a subscription within a round trip; no answer for this long means the
 # connection is dead even if the socket does not say so.
 CONFIRM_S = 10.0
-GAP_MESSAGE = (
-    "live events may have been missed; replay each run you follow with "
-    "GET /api/runs/{id}/events?after=<last seq you saw>"
-)
+GAP_MESSAGE = "live events may have been missed; fill them from the store"
 
 
 def gap_frame() -> Frame:
-    """What a subscription is offered when the reader may have missed events for it."""
+    """What a subscription is offered when the reader may have missed events for it (its
+    follower reads them from the store: ``src/runs/follower.py``; clients never see it)."""
     return {"type": "gap", "message": GAP_MESSAGE}
 
 
@@ -57,10 +55,12 @@ class RedisBroker:
         timeout_s: float,
         prefix: str = "isochat:events:",
         client_name: str = "isochat-events",
+        restart_min_s: float = RESTART_MIN_S,
     ) -> None:
         """``timeout_s`` bounds each Redis call (``ISOCHAT_REDIS_TIMEOUT_S``): a publish that
         cannot reach Redis fails fast, the event is stored and the run goes on.
-        ``client_name`` names this broker's connections in Redis's CLIENT LIST."""
+        ``client_name`` names this broker's connections in Redis's CLIENT LIST;
+        ``restart_min_s`` is the reader's first pause before it starts again."""
         self._redis = redis_client(url, timeout_s=timeout_s, client_name=client_name)
         # The pub/sub connection must never reconnect behind the reader's back: redis-py would
         # subscribe again by itself, and the events published meanwhile would be lost without
@@ -82,7 +82,7 @@ class RedisBroker:
         self._subscribed: set[str] = set()
         self._pings = itertools.count()
         self._reader: asyncio.Task[None] | None = None
-        self._restart_s = RESTART_MIN_S
+        self._restart_min_s = self._restart_s = restart_min_s
         self._failing = False
         self._closed = False
 
@@ -193,7 +193,7 @@ class RedisBroker:
                 continue
             # A read after every sync: a stream of (un)subscriptions cannot starve the events.
             self._handle(await pubsub.get_message(timeout=POLL_S))
-            self._restart_s = RESTART_MIN_S
+            self._restart_s = self._restart_min_s
 
     async def _sync(self, pubsub: PubSub) -> None:
         """Bring the connection in line with what this process wants, then answer whoever asked
