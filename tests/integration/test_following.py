@@ -61,6 +61,15 @@ async def container(settings: Settings) -> AsyncIterator[AppContainer]:
     await shutdown(container)
 
 
+async def ended(settings: Settings, run_id: str) -> None:
+    """Once the run's final event is stored (polled: nothing tells a test that from outside
+    while the broker is away)."""
+    while True:
+        if any(kind in FINAL_EVENT_TYPES for _, kind in stored(settings, run_id)):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_socket_gets_every_seq_once_when_the_pubsub_connection_is_killed_mid_run(
     container: AppContainer, settings: Settings
 ) -> None:
@@ -101,8 +110,7 @@ async def test_a_socket_gets_every_seq_once_when_the_pubsub_connection_is_killed
             [reader] = [c["id"] for c in listening if c["name"] == tag]
             assert await admin.client_kill_filter(_id=reader) == 1
             gate.opened.set()
-            while not any(kind in FINAL_EVENT_TYPES for _, kind in stored(settings, run_id)):
-                await asyncio.sleep(0.01)  # the run ends while the reader is away
+            await within(ended(settings, run_id))  # while the reader is away
             channel = f"{tag}:alice"
             [(_, listeners)] = await admin.pubsub_numsub(channel)
             assert listeners == 0  # its last events went out with nobody listening

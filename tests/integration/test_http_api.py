@@ -197,7 +197,7 @@ async def test_one_run_at_a_time_per_thread(
     install_chaos(container)
     headers = auth(container, "alice")
     busy, other = await new_thread(client, headers), await new_thread(client, headers)
-    hanging = asyncio.create_task(send(client, headers, busy, "[hang]"))
+    hanging = asyncio.create_task(send(client, headers, busy, "[drill:hang]"))
     run_id = await wait_for_run(client, headers, busy)
 
     second = await client.post(
@@ -355,6 +355,23 @@ async def test_a_server_error_is_500_internal_error_without_details(
     assert "secret" not in response.text and "Traceback" not in response.text
     container.request.threads.reset_override()
     assert (await client.get("/api/threads", headers=headers)).status_code == 200
+    assert leaks(container) == NO_LEAKS
+
+
+async def test_a_handlers_own_connection_error_is_500_not_unavailable(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """Only the database's failures to connect are 503 `unavailable`: any other
+    `ConnectionError` (or `TimeoutError`) in a handler is a bug, 500 `internal_error`."""
+    for error in (ConnectionError("a socket of its own"), TimeoutError("a wait of its own")):
+
+        def fail(error: Exception = error) -> None:
+            raise error
+
+        container.request.threads.override(providers.Callable(fail))
+        response = await client.get("/api/threads", headers=auth(container, "alice"))
+        assert_error(response, 500, "internal_error")
+        container.request.threads.reset_override()
     assert leaks(container) == NO_LEAKS
 
 

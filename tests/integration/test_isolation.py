@@ -105,7 +105,7 @@ async def test_failure_isolation(container: AppContainer, client: httpx.AsyncCli
 
     def content(i: int) -> str:
         question = sum_question(i)[0]
-        return f"[fail:agent] {question}" if i in failing else question
+        return f"[drill:agent] {question}" if i in failing else question
 
     results = await asyncio.gather(
         *(send(client, auth(container, u), threads[u], content(i)) for i, u in enumerate(users))
@@ -132,7 +132,7 @@ async def test_agent_restart_after_failure(
     alice_thread = await new_thread(client, alice)
     bob_thread = await new_thread(client, bob)
 
-    failed = await send(client, alice, alice_thread, "[fail:db] what is 2 + 2?")
+    failed = await send(client, alice, alice_thread, "[drill:db] what is 2 + 2?")
     assert failed["run"]["status"] == "failed"
     assert failed["run"]["error"]["code"] == "database_error"
 
@@ -146,7 +146,7 @@ async def test_agent_restart_after_failure(
 
     messages = (await client.get(f"/api/threads/{alice_thread}/messages", headers=alice)).json()
     assert [(m["role"], m["content"]) for m in messages["messages"]] == [
-        ("user", "[fail:db] what is 2 + 2?"),  # stored before the run, kept after its failure
+        ("user", "[drill:db] what is 2 + 2?"),  # stored before the run, kept after its failure
         ("user", "what is 2 + 2?"),
         ("assistant", "2 + 2 = 4"),
     ]
@@ -169,8 +169,8 @@ async def test_context_cleanup_after_request(
 
     completed = await send(client, headers, threads[0], "what is 6 * 7?")
     failed = await send(client, headers, threads[1], "what is 1/0?")
-    timed_out = await send(client, headers, threads[2], "[hang] what is 1 + 1?")
-    hanging = asyncio.create_task(send(client, headers, threads[3], "[hang] forever"))
+    timed_out = await send(client, headers, threads[2], "[drill:hang] what is 1 + 1?")
+    hanging = asyncio.create_task(send(client, headers, threads[3], "[drill:hang] forever"))
     run_id = await wait_for_run(client, headers, threads[3])
     cancel = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     cancelled = await hanging
@@ -195,11 +195,11 @@ async def test_concurrent_load_with_failures(
     one completes with its own correct answer, and nothing leaks."""
     install_chaos(container)
     total = 200
-    kinds = ["[fail:agent]", "[fail:db]", "[fail:llm]", "[hang]", "tool"]
+    kinds = ["[drill:agent]", "[drill:db]", "[drill:llm]", "[drill:hang]", "tool"]
     expected_code = {
-        "[fail:agent]": "agent_error",
-        "[fail:db]": "database_error",
-        "[fail:llm]": "llm_error",
+        "[drill:agent]": "agent_error",
+        "[drill:db]": "database_error",
+        "[drill:llm]": "llm_error",
         "tool": "tool_error",
     }
     rng = random.Random(20)
@@ -213,7 +213,7 @@ async def test_concurrent_load_with_failures(
             return sum_question(i)[0]
         if kind == "tool":
             return f"what is {i} / 0?"
-        if kind == "[fail:llm]":
+        if kind == "[drill:llm]":
             return f"{kind} tell me a story {i}"  # the general agent asks the model
         return f"{kind} {sum_question(i)[0]}"
 
@@ -221,7 +221,7 @@ async def test_concurrent_load_with_failures(
         i: asyncio.create_task(send(client, auth(container, users[i]), threads[i], content(i)))
         for i in range(total)
     }
-    hanging = [i for i in range(total) if failing.get(i) == "[hang]"]
+    hanging = [i for i in range(total) if failing.get(i) == "[drill:hang]"]
     others = [i for i in range(total) if i not in hanging]
     results = dict(zip(others, await asyncio.gather(*(requests[i] for i in others)), strict=True))
     # Everything else has finished while these hung; now they are cancelled.
@@ -236,7 +236,7 @@ async def test_concurrent_load_with_failures(
         if kind is None:
             assert body["run"]["status"] == "completed", body
             assert body["message"]["content"] == sum_question(i)[1]
-        elif kind == "[hang]":
+        elif kind == "[drill:hang]":
             assert body["run"]["status"] == "cancelled", body
         else:
             assert body["run"]["status"] == "failed", body
@@ -261,7 +261,7 @@ async def test_hanging_agent_is_cut_off_at_run_timeout_while_others_finish(
     finished_at: dict[str, float] = {}
 
     async def one(i: int, user: str) -> dict[str, Any]:
-        content = f"[hang] {i}" if user in hanging else sum_question(i)[0]
+        content = f"[drill:hang] {i}" if user in hanging else sum_question(i)[0]
         body = await send(client, auth(container, user), threads[user], content)
         finished_at[user] = loop.time()
         return body
@@ -301,7 +301,7 @@ async def test_waiting_runs_hold_no_database_connection(
     users = [auth(container, f"waiter{i}") for i in range(30)]
     threads = [await new_thread(client, headers) for headers in users]
     waiting = [
-        asyncio.create_task(send(client, headers, thread_id, "[hang] wait"))
+        asyncio.create_task(send(client, headers, thread_id, "[drill:hang] wait"))
         for headers, thread_id in zip(users, threads, strict=True)
     ]
     run_ids = [

@@ -54,7 +54,8 @@ class CommitHold:
     ) -> None:
         if self.held.is_set() or context is None or not statement.startswith("INSERT INTO run_e"):
             return
-        if context.compiled_parameters[0].get("type") == self._type:
+        compiled: list[dict[str, Any]] = getattr(context, "compiled_parameters", [{}])
+        if compiled[0].get("type") == self._type:
             conn.info["isochat_hold"] = True
 
     def _hold(self, conn: Connection) -> None:

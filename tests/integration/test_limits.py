@@ -97,7 +97,9 @@ async def test_running_runs_per_user_are_capped(
     threads = [await new_thread(client, alice) for _ in range(3)]
     hanging = [
         asyncio.create_task(
-            client.post(f"/api/threads/{t}/messages", json={"content": "[hang]"}, headers=alice)
+            client.post(
+                f"/api/threads/{t}/messages", json={"content": "[drill:hang]"}, headers=alice
+            )
         )
         for t in threads[:2]
     ]
@@ -191,7 +193,7 @@ async def test_a_user_at_the_rate_limit_can_still_cancel_their_runs(
 async def _start_hanging_run(socket: Socket, thread_id: str) -> str:
     """A run that hangs in triage, once it hangs (its triage has started): no frame of it is
     still on its way."""
-    await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
+    await socket.send({"type": "chat", "thread_id": thread_id, "content": "[drill:hang]"})
     started = await socket.until(lambda f: f.get("type") == "run_started")
     run_id: str = started["run_id"]
     await socket.until(lambda f: f.get("type") == "agent_started" and f["run_id"] == run_id)

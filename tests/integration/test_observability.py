@@ -54,8 +54,8 @@ async def test_metrics_move_by_the_right_amounts(
 
     await send(client, headers, threads[0], "what is 2 + 2?")
     await send(client, headers, threads[1], "what is 2 / 0?")
-    await send(client, headers, threads[2], "[hang] slow")
-    hanging = asyncio.create_task(send(client, headers, threads[3], "[hang] cancel me"))
+    await send(client, headers, threads[2], "[drill:hang] slow")
+    hanging = asyncio.create_task(send(client, headers, threads[3], "[drill:hang] cancel me"))
     run_id = await wait_for_run(client, headers, threads[3])
     await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
     await hanging

@@ -14,6 +14,7 @@ import pytest
 from dependency_injector import containers, providers
 
 from examples.support import fake_weather
+from src.agents.base import Agent
 from src.agents.loop import ToolAgent
 from src.agents.tool import function_tool
 from src.container import AppContainer, build_container, shutdown
@@ -213,6 +214,38 @@ async def test_a_teams_container_changes_a_route_without_touching_src(
 
     assert answers["team"] == ("Model says: beads say 4", ["abacus"])
     assert answers["stock"] == ("Model says: 4", ["math"])
+
+
+class ImpatientAgent(Agent):
+    """A team's agent with a deadline of its own on something of its own that never answers."""
+
+    name = "impatient"
+
+    async def answer(self, content: str) -> str:
+        async with asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+        return "never"
+
+
+class ImpatientPlugin(containers.DeclarativeContainer):
+    isochat = providers.DependenciesContainer()
+    math_agent = providers.Factory(ImpatientAgent, events=isochat.emitter, tracker=isochat.metrics)
+
+
+async def test_a_teams_agent_that_times_out_on_its_own_fails_with_agent_error(
+    container: AppContainer, client: httpx.AsyncClient
+) -> None:
+    """A plug-in agent's own `asyncio.timeout` is the agent's failure (`agent_error`, counted
+    against it), not the database's, and not the run's deadline."""
+    plug_in(container, ImpatientPlugin)
+    headers = auth(container, "erin")
+    body = await send(client, headers, await new_thread(client, headers), "what is 2 + 2?")
+
+    assert body["run"]["status"] == "failed", body
+    assert body["run"]["error"] == {"code": "agent_error", "message": "the impatient agent failed"}
+    failures = {"agent": "impatient", "code": "agent_error"}
+    assert container.metrics().value("isochat_agent_failures_total", failures) == 1
+    assert leaks(container) == NO_LEAKS
 
 
 class NotAPlugin(containers.DeclarativeContainer):

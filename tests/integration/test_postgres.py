@@ -87,7 +87,7 @@ async def test_postgres_refuses_a_second_running_run_on_a_thread(
     thread_id = await new_thread(client, headers)
     url = f"/api/threads/{thread_id}/messages"
     racing = [
-        asyncio.create_task(client.post(url, json={"content": "[hang]"}, headers=headers))
+        asyncio.create_task(client.post(url, json={"content": "[drill:hang]"}, headers=headers))
         for _ in range(5)
     ]
     run_id = await wait_for_run(client, headers, thread_id)
@@ -115,7 +115,7 @@ async def test_concurrent_load_with_failures_on_postgres(
     threads = [await new_thread(client, auth(container, u)) for u in users]
 
     def content(i: int) -> str:
-        prefix = ("[fail:agent] ", "[fail:db] ")[i % 2] if i % 5 == 0 else ""
+        prefix = ("[drill:agent] ", "[drill:db] ")[i % 2] if i % 5 == 0 else ""
         return f"{prefix}what is {i} + {i}?"
 
     results = await asyncio.gather(

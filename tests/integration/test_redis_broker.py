@@ -113,7 +113,7 @@ async def test_a_cancel_on_one_worker_stops_a_run_on_another(
     headers = auth(worker_a, "alice")
     thread_id = await new_thread(client, headers)
     async with httpx.AsyncClient(base_url=f"http://{worker_b.address}", timeout=30) as on_b:
-        running = asyncio.create_task(send(on_b, headers, thread_id, "[hang] on B"))
+        running = asyncio.create_task(send(on_b, headers, thread_id, "[drill:hang] on B"))
         run_id = await wait_for_run(client, headers, thread_id)
         cancelled = await client.post(f"/api/runs/{run_id}/cancel", headers=headers)
         assert cancelled.status_code == 202

@@ -60,7 +60,7 @@ async def test_websocket_isolation(
     def content(u: int, c: int) -> str:
         a, b = 100 * u + c, 7 + c
         failure = (
-            ["[fail:agent] ", "[fail:db] ", "[fail:llm] tell me "][u % 3] if u % 4 == 0 else ""
+            ["[drill:agent] ", "[drill:db] ", "[drill:llm] tell me "][u % 3] if u % 4 == 0 else ""
         )
         return f"{failure}what is {a} + {b}?"
 
@@ -125,7 +125,7 @@ async def test_cancel_over_websocket(
     install_chaos(container)
     thread_id = await new_thread(http, auth(container, "alice"))
     async with open_socket(live_server, token=token(container, "alice")) as socket:
-        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
+        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[drill:hang]"})
         started = await socket.until(lambda f: f.get("type") == "run_started")
         await socket.send({"type": "cancel", "run_id": started["run_id"]})
         final = await socket.until(lambda f: f.get("type") in FINAL_EVENT_TYPES)
@@ -151,7 +151,7 @@ async def test_cancel_over_http_reaches_a_websocket_run(
     alice = auth(container, "alice")
     thread_id = await new_thread(http, alice)
     async with open_socket(live_server, token=token(container, "alice")) as socket:
-        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
+        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[drill:hang]"})
         started = await socket.until(lambda f: f.get("type") == "run_started")
         response = await http.post(f"/api/runs/{started['run_id']}/cancel", headers=alice)
         assert response.status_code == 202
@@ -171,7 +171,7 @@ async def test_disconnect_mid_run_cancels_its_runs_and_releases_everything(
     threads = [await new_thread(http, alice) for _ in range(3)]
     async with open_socket(live_server, token=token(container, "alice")) as socket:
         for thread_id in threads:
-            await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
+            await socket.send({"type": "chat", "thread_id": thread_id, "content": "[drill:hang]"})
         run_ids: set[str] = set()
         while len(run_ids) < len(threads):
             frame = await socket.until(lambda f: f.get("type") == "run_started")
@@ -377,7 +377,7 @@ async def test_run_in_progress_unavailable_and_internal_errors_reach_the_socket(
     install_chaos(container)
     thread_id = await new_thread(http, auth(container, "alice"))
     async with open_socket(live_server, token=token(container, "alice")) as socket:
-        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[hang]"})
+        await socket.send({"type": "chat", "thread_id": thread_id, "content": "[drill:hang]"})
         started = await socket.until(lambda f: f.get("type") == "run_started")
         await socket.send(
             {"type": "chat", "thread_id": thread_id, "content": "hi", "request_id": "busy"}
