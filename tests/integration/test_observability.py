@@ -13,9 +13,12 @@ import pytest
 from dependency_injector import providers
 from prometheus_client.parser import text_string_to_metric_families
 
-from src.container import AppContainer, request_scope
+from src.container import AppContainer, build_container, request_scope
 from src.logs import ConsoleFormatter, ContextFilter, JsonFormatter, bind, fresh_context
+from src.services.database.engine import Database
+from src.services.database.migrations import upgrade_to_head
 from src.services.scope_monitor import ScopeMonitor
+from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
@@ -201,3 +204,41 @@ async def test_a_scope_open_past_the_run_timeout_is_logged_as_a_leak(
         assert line.request_id == "stuck-request"  # type: ignore[attr-defined]
     assert "closes-in-time" not in caplog.text
     assert leaks(container) == NO_LEAKS
+
+
+def background_tasks() -> list[asyncio.Task[object]]:
+    """The app's watchers: the lease keeper and the scope watch."""
+    names = ("LeaseKeeper.keep", "ScopeMonitor.watch")
+    return [t for t in asyncio.all_tasks() if any(n in repr(t.get_coro()) for n in names)]
+
+
+class DisposalWatch(Database):
+    """The database, noting which of the app's watchers were still running when it was
+    disposed."""
+
+    running_at_dispose: list[str] | None = None
+
+    async def dispose(self) -> None:
+        DisposalWatch.running_at_dispose = [repr(t.get_coro()) for t in background_tasks()]
+        await super().dispose()
+
+
+async def test_the_apps_watchers_are_stopped_before_the_database_is_disposed(
+    settings: Settings,
+) -> None:
+    """At shutdown the lease keeper and the scope watch are stopped and waited for before the
+    database is disposed: a lease renewal never finds the database gone under it."""
+    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    container = build_container(settings)
+    container.database.override(
+        providers.Singleton(
+            DisposalWatch,
+            engine=container.engine,
+            metrics=container.metrics,
+            timeout_s=settings.db_timeout_s,
+        )
+    )
+    app = create_app(container)  # its lifespan's end shuts the container down
+    async with app.router.lifespan_context(app):
+        assert len(background_tasks()) == 2
+    assert DisposalWatch.running_at_dispose == []
