@@ -11,7 +11,7 @@ that takes that one's place:
         weather = providers.Factory(WeatherTool, base_url=...)  # the team's own
         support_agent = providers.Factory(
             ToolAgent, name="support", tools=providers.List(weather), events=isochat.emitter,
-            tracker=isochat.metrics, llm=isochat.llm, usage=isochat.usage,
+            tracker=isochat.metrics, llm=isochat.run_llm, usage=isochat.usage,
         )
         routes = providers.Callable(  # takes the place of isochat's
             with_routes, isochat.stock_routes,

@@ -43,7 +43,7 @@ class SupportPlugin(containers.DeclarativeContainer):
         tools=providers.List(weather, order_status),
         events=isochat.emitter,
         tracker=isochat.metrics,
-        llm=isochat.llm,
+        llm=isochat.run_llm,
         usage=isochat.usage,
     )
 

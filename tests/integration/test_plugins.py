@@ -171,7 +171,7 @@ class AbacusPlugin(containers.DeclarativeContainer):
         tools=providers.List(abacus),
         events=isochat.emitter,
         tracker=isochat.metrics,
-        llm=isochat.llm,
+        llm=isochat.run_llm,
         usage=isochat.usage,
     )
 
