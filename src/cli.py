@@ -23,7 +23,8 @@ from src.drill import cli as drill_cli
 from src.logs import configured_secrets, logging_config
 from src.plugins import BadPlugin, plugin_classes
 from src.services.auth import TokenService
-from src.services.database.engine import DatabaseTimeout, create_engine, unavailable
+from src.services.database.engine import create_engine
+from src.services.database.failures import DatabaseTimeout, unavailable
 from src.services.database.migrations import MigrationLockTimeout, upgrade_to_head
 from src.settings import BadSettings, Settings, load_settings, redact_url
 

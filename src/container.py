@@ -318,7 +318,8 @@ class AppContainer(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings | None = None) -> AppContainer:
-    """isochat's container, with the teams' containers ``ISOCHAT_PLUGINS`` names plugged in."""
+    """isochat's container, with the plug-ins the settings name plugged in: the teams'
+    (``ISOCHAT_PLUGINS``), and the drill's faults when ``ISOCHAT_DRILL_SECRET`` is set."""
     settings = settings or Settings()
     container = AppContainer(settings=providers.Object(settings))
     for plugin in plugin_classes(settings.plugin_paths):

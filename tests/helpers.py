@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -56,6 +58,16 @@ async def wait_for_run(client: httpx.AsyncClient, headers: dict[str, str], threa
             return run_id
         await asyncio.sleep(0.01)
     raise AssertionError("the run never started")
+
+
+def stored_events(db_file: Path, run_id: str) -> list[tuple[int, str]]:
+    """The run's stored events, ``(seq, type)`` in seq order, read straight from its SQLite
+    file."""
+    with sqlite3.connect(db_file) as db:
+        rows = db.execute(
+            "SELECT seq, type FROM run_events WHERE run_id = ? ORDER BY seq", (run_id,)
+        ).fetchall()
+    return [(int(seq), str(kind)) for seq, kind in rows]
 
 
 def leaks(container: AppContainer) -> dict[str, float]:

@@ -6,21 +6,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from src.agents.base import Agent
+from src.agents.base import Agent, RunEvents
 from src.agents.triage import FALLBACK_ROUTE, Route
 from src.aio import release_frames
 from src.logs import log_failure
 from src.runs.domain import RunContext, RunError, RunFailure
-from src.runs.emitter import EventEmitter
 from src.runs.ender import Outcome, RunEnder
 from src.runs.ledger import Ended, RunAlreadyFinished
 from src.runs.usage import RunUsage
-from src.services.database.engine import unavailable
 
 log = logging.getLogger(__name__)
+
+
+class RunEmitter(RunEvents, Protocol):
+    """The run's emitter, as the supervisor uses it: events, and the route triage chose."""
+
+    def set_route(self, route: str) -> None: ...
 
 
 class Supervisor:
@@ -28,7 +33,7 @@ class Supervisor:
         self,
         *,
         context: RunContext,
-        emitter: EventEmitter,
+        emitter: RunEmitter,
         ender: RunEnder,
         usage: RunUsage,
         triage: Agent,
@@ -102,8 +107,8 @@ class Supervisor:
                 outcome=outcome,
             )
         except Exception as exc:
-            if not unavailable(exc):
-                raise
+            # The run stops here all the same: no longer vouched for, it is ended by the lease
+            # sweep of any live process once the database takes its end.
             log_failure(
                 log,
                 "the end of run %s could not be stored; the lease sweep will end it",
@@ -125,11 +130,11 @@ class Supervisor:
         agent = self._at_work
         if self._deadline is not None and self._deadline.expired():
             return RunError("timeout", f"the run took longer than {self._run_timeout_s:g} s")
-        if isinstance(exc, SQLAlchemyError) or unavailable(exc):
+        if isinstance(exc, RunFailure) and exc.code != "database_error":
+            return exc.as_run_error()
+        if isinstance(exc, SQLAlchemyError | RunFailure):  # the database's, ours or the driver's
             log_failure(log, "database error in run %s", self._context.run_id, exc=exc)
             return RunError("database_error", "the database failed during the run")
-        if isinstance(exc, RunFailure):
-            return exc.as_run_error()
         log_failure(
             log, "run %s failed in %s", self._context.run_id, agent or "supervisor", exc=exc
         )

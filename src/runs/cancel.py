@@ -1,9 +1,9 @@
 """Cancelling a run wherever it runs, and waiting for its end instead of polling for it.
 
-    follow the run (subscribed before anything is asked)
-    -> cancel its task here, or ask the process that runs it through the broker
-    -> wait for its final event, at most ``wait_s``
-    -> nobody ended it: a run whose owner stopped vouching for it (lease expired) is ended here
+    this process runs it: cancel its task, wait for the task (at most ``wait_s``)
+    another does: follow the run (subscribed before anything is asked), ask every process
+    through the broker, wait for its final event (at most ``wait_s``); nobody ended it: a run
+    whose owner stopped vouching for it (lease expired) is ended here
 
 The run's own path stores the ``cancelled`` end through the one ender (``src/runs/ender.py``);
 a run whose owner is alive is never ended from another process.
@@ -48,13 +48,18 @@ class RunCanceller:
     async def cancel(self, run: Run) -> None:
         """Have ``run`` end ``cancelled`` if it is still running; returns once its final event
         is stored (whatever it is: it may have completed meanwhile) or after ``wait_s``."""
+        here = self._registry.cancel(run.id)
+        if here is not None:
+            # Its task stores its end before it ends (if it does not end in time, it is stuck
+            # in the database: its own lease is live, so nobody else may end it either).
+            await asyncio.wait((here,), timeout=self._wait_s)
+            return
         subscription, check_every_s = await self._subscribe(run.user_id)
         try:
             follower = Follower(
                 subscription, self._store, keepalive_s=check_every_s, run_id=run.id, after=0
             )
-            asked = self._registry.cancel(run.id) or await self._ask_others(run.id)
-            if asked and await self._ended(follower):
+            if await self._ask_others(run.id) and await self._ended(follower):
                 return
             # No live process ended it: one whose lease has expired is ended from here; one
             # whose owner is alive is left to its owner (it ends when its owner hears).

@@ -19,7 +19,8 @@ from src.runs import ledger
 from src.runs.domain import Event, RunContext, utcnow
 from src.runs.leases import Lease
 from src.services.broker import EventBroker
-from src.services.database.engine import Database, unavailable
+from src.services.database.engine import Database
+from src.services.database.failures import unavailable
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from src.runs import ledger
 from src.runs.domain import Run, RunError, RunStatus, Usage, utcnow
 from src.runs.ledger import Ended, EndStatus
 from src.services.broker import EventBroker
-from src.services.database.engine import Database, DatabaseUnavailable, unavailable
+from src.services.database.engine import Database
+from src.services.database.failures import DatabaseUnavailable, unavailable
 from src.services.metrics import Metrics
 
 log = logging.getLogger(__name__)

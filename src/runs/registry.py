@@ -11,8 +11,9 @@ class RunRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         # Runs being stored, whose task does not exist yet: a cancel that arrives between the
-        # commit and the task's start is kept here (True) and delivered when the task starts.
-        self._starting: dict[str, bool] = {}
+        # commit and the task's start is kept here (what it waits on) and delivered when the
+        # task starts.
+        self._starting: dict[str, asyncio.Future[None] | None] = {}
         # Tasks that own the request scope of a run that outlives the connection that started
         # it (a socket closed for falling behind, ``on_disconnect: continue``): held here so
         # they are neither garbage-collected nor forgotten at shutdown.
@@ -20,17 +21,21 @@ class RunRegistry:
 
     def starting(self, run_id: str) -> None:
         """``run_id`` is about to be stored and started by this process."""
-        self._starting[run_id] = False
+        self._starting[run_id] = None
 
     def add(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self._tasks[run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
-        if self._starting.pop(run_id, False):
+        cancelled = self._starting.pop(run_id, None)
+        if cancelled is not None:
             task.cancel()
+            task.add_done_callback(lambda _: _settle(cancelled))
 
     def not_started(self, run_id: str) -> None:
         """``run_id`` will get no task here (it was refused, or failed before starting)."""
-        self._starting.pop(run_id, None)
+        cancelled = self._starting.pop(run_id, None)
+        if cancelled is not None:
+            _settle(cancelled)
 
     def adopt(self, task: asyncio.Task[Any]) -> None:
         """Keep ``task`` alive until it ends by itself (or shutdown cancels it)."""
@@ -46,17 +51,20 @@ class RunRegistry:
         """The runs executing in this process now: the ones whose leases it renews."""
         return list(self._tasks)
 
-    def cancel(self, run_id: str) -> bool:
-        """Cancel the run's task if this process runs it (now, or as soon as its task starts);
-        whether it does. The run's own path then stores its end (``src/runs/ender.py``)."""
+    def cancel(self, run_id: str) -> asyncio.Future[Any] | None:
+        """Cancel the run's task if this process runs it (now, or as soon as its task starts):
+        what is done once the task has ended, its end stored by its own path
+        (``src/runs/ender.py``); None when this process does not run it."""
         task = self._tasks.get(run_id)
         if task is not None:
             task.cancel()
-            return True
-        if run_id in self._starting:
-            self._starting[run_id] = True
-            return True
-        return False
+            return task
+        if run_id not in self._starting:
+            return None
+        waiting = self._starting[run_id]
+        if waiting is None:
+            waiting = self._starting[run_id] = asyncio.get_running_loop().create_future()
+        return waiting
 
     async def cancel_all(self, *, timeout_s: float | None = None) -> int:
         """At shutdown: every run ends ``cancelled`` rather than being left ``running``.
@@ -71,3 +79,8 @@ class RunRegistry:
             return 0
         _, pending = await asyncio.wait(tasks, timeout=timeout_s)
         return len(pending)
+
+
+def _settle(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from typing_extensions import TypedDict
 
 from src.logs import log_failure
-from src.services.database.engine import DATABASE_UNAVAILABLE, unavailable
+from src.services.database.failures import DATABASE_UNAVAILABLE, unavailable
 from src.services.errors import ChatError, RateLimited
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ Needs Redis (``ISOCHAT_TEST_REDIS_URL``, default the local one); skipped, saying
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,14 @@ from src.services.redis_broker import RedisBroker
 from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import hold_triage
-from tests.helpers import NO_LEAKS, REDIS_TIMEOUT_S, leaks_once_settled, reachable_redis, serving
+from tests.helpers import (
+    NO_LEAKS,
+    REDIS_TIMEOUT_S,
+    leaks_once_settled,
+    reachable_redis,
+    serving,
+    stored_events,
+)
 from tests.ws import open_socket
 
 pytestmark = pytest.mark.redis
@@ -42,12 +48,7 @@ async def within(awaitable: Any) -> Any:
 
 
 def stored(settings: Settings, run_id: str) -> list[tuple[int, str]]:
-    path = settings.database_url.split("///", 1)[1]
-    with sqlite3.connect(Path(path)) as db:
-        rows = db.execute(
-            "SELECT seq, type FROM run_events WHERE run_id = ? ORDER BY seq", (run_id,)
-        ).fetchall()
-    return [(int(seq), str(kind)) for seq, kind in rows]
+    return stored_events(Path(settings.database_url.split("///", 1)[1]), run_id)
 
 
 @pytest.fixture

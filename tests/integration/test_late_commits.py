@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from sqlalchemy.engine import Connection, ExecutionContext
 
 from src.container import AppContainer, build_container, shutdown
 from src.runs.domain import FINAL_EVENT_TYPES
-from src.services.database.engine import SQLiteWriter
 from src.services.database.migrations import upgrade_to_head
+from src.services.database.writers import SQLiteWriter
 from src.settings import Settings
 from src.web.app import create_app
-from tests.helpers import NO_LEAKS, leaks, new_thread
+from tests.helpers import NO_LEAKS, leaks, new_thread, stored_events
 from tests.ws import AsgiSocket, Frame
 
 WITHIN_S = 60.0  # only guards against a hang
@@ -130,16 +129,33 @@ async def chat_to_the_end(host: Host, content: str) -> list[Frame]:
     return frames
 
 
-def stored(db_file: Path, run_id: str) -> list[tuple[int, str]]:
-    with sqlite3.connect(db_file) as db:
-        rows = db.execute(
-            "SELECT seq, type FROM run_events WHERE run_id = ? ORDER BY seq", (run_id,)
-        ).fetchall()
-    return [(int(seq), str(kind)) for seq, kind in rows]
-
-
 def runs_total(container: AppContainer, status: str) -> float:
     return container.metrics().value("isochat_runs_total", {"status": status})
+
+
+async def chat_with_a_late_commit(host: Host, *, held: str, logged: str) -> list[Frame]:
+    """A run whose first transaction storing a ``held`` event commits only after the writer in
+    doubt has said so (its log line starting ``logged``): the run's frames on the socket, which
+    must hold every stored event once, in seq order."""
+    hold = CommitHold(host.container, held)
+    release = ReleaseWhenLogged(hold, logged)
+    logging.getLogger("src.runs").addHandler(release)
+    try:
+        frames = await chat_to_the_end(host, "what is 6 * 7?")
+    finally:
+        logging.getLogger("src.runs").removeHandler(release)
+        hold.release.set()
+    assert hold.held.is_set() and release.seen  # the commit really came after the deadline
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert [(f["seq"], f["type"]) for f in frames] == stored_events(
+        host.db_file, frames[0]["run_id"]
+    )
+    assert frames[-1]["type"] == "run_completed"
+    assert frames[-1]["data"]["message"]["content"] == "6 * 7 = 42"
+    assert runs_total(host.container, "completed") == 1
+    assert runs_total(host.container, "failed") == 0
+    assert leaks(host.container) == NO_LEAKS
+    return frames
 
 
 async def test_an_end_that_commits_after_its_deadline_is_published_and_counted_once(
@@ -148,23 +164,7 @@ async def test_an_end_that_commits_after_its_deadline_is_published_and_counted_o
     """The run's terminal transaction is held in the writer thread past the step deadline, then
     commits: the ender reads back what is stored, finds its own end, and the socket receives
     `run_completed` once; the run is counted once, as completed."""
-    hold = CommitHold(host.container, "run_completed")
-    logged = ReleaseWhenLogged(hold, "the end of run")
-    logging.getLogger("src.runs").addHandler(logged)
-    try:
-        frames = await chat_to_the_end(host, "what is 6 * 7?")
-    finally:
-        logging.getLogger("src.runs").removeHandler(logged)
-        hold.release.set()
-    assert hold.held.is_set() and logged.seen  # the commit really came after the deadline
-    run_id = frames[0]["run_id"]
-    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
-    assert [(f["seq"], f["type"]) for f in frames] == stored(host.db_file, run_id)
-    assert frames[-1]["type"] == "run_completed"
-    assert frames[-1]["data"]["message"]["content"] == "6 * 7 = 42"
-    assert runs_total(host.container, "completed") == 1
-    assert runs_total(host.container, "failed") == 0
-    assert leaks(host.container) == NO_LEAKS
+    await chat_with_a_late_commit(host, held="run_completed", logged="the end of run")
 
 
 async def test_an_event_that_commits_after_its_deadline_is_published_and_the_run_goes_on(
@@ -173,18 +173,5 @@ async def test_an_event_that_commits_after_its_deadline_is_published_and_the_run
     """An event's transaction (triage's `agent_completed`) is held past the step deadline, then
     commits: the emitter reads it back, publishes it, and the run goes on to complete. The
     socket receives every seq once, in order, as stored: no gap live or stored."""
-    hold = CommitHold(host.container, "agent_completed")
-    logged = ReleaseWhenLogged(hold, "an event of run")
-    logging.getLogger("src.runs").addHandler(logged)
-    try:
-        frames = await chat_to_the_end(host, "what is 6 * 7?")
-    finally:
-        logging.getLogger("src.runs").removeHandler(logged)
-        hold.release.set()
-    assert hold.held.is_set() and logged.seen
-    run_id = frames[0]["run_id"]
-    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
-    assert [(f["seq"], f["type"]) for f in frames] == stored(host.db_file, run_id)
-    assert frames[-1]["type"] == "run_completed"
-    assert runs_total(host.container, "completed") == 1
-    assert leaks(host.container) == NO_LEAKS
+    frames = await chat_with_a_late_commit(host, held="agent_completed", logged="an event of run")
+    assert [f["type"] for f in frames].count("agent_completed") == 2  # triage's and math's

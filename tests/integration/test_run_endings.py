@@ -25,7 +25,7 @@ from src.services.database.models import RunRow
 from src.settings import Settings
 from src.web.app import create_app
 from tests.fakes import Gate, hold_triage
-from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
+from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, stored_events, wait_for_run
 
 WAIT_S = 60.0  # only guards against a hang
 
@@ -58,14 +58,6 @@ async def within(awaitable: Any) -> Any:
 
 def runs_total(container: AppContainer, status: str) -> float:
     return container.metrics().value("isochat_runs_total", {"status": status})
-
-
-def events_of(db_file: Path, run_id: str) -> list[tuple[int, str]]:
-    with sqlite3.connect(db_file) as db:
-        rows = db.execute(
-            "SELECT seq, type FROM run_events WHERE run_id = ? ORDER BY seq", (run_id,)
-        ).fetchall()
-    return [(int(seq), str(type_)) for seq, type_ in rows]
 
 
 def status_of(db_file: Path, run_id: str) -> tuple[str, str | None]:
@@ -141,7 +133,7 @@ async def test_a_sweep_never_touches_a_run_whose_owner_is_alive(db_file: Path) -
         finally:
             gate.opened.set()
         assert body["run"]["status"] == "completed", body
-        assert [t for _, t in events_of(db_file, run_id)].count("run_completed") == 1
+        assert [t for _, t in stored_events(db_file, run_id)].count("run_completed") == 1
         assert runs_total(a, "completed") == 1 and runs_total(b, "failed") == 0
 
 
@@ -167,7 +159,7 @@ async def test_a_run_whose_lease_expired_is_ended_once_by_another_process(db_fil
         assert body["run"]["status"] == "failed"
         assert body["run"]["error"]["code"] == "interrupted"
         assert body["message"] is None
-        events = events_of(db_file, run_id)
+        events = stored_events(db_file, run_id)
         assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
         finals = [t for _, t in events if t in ("run_completed", "run_failed", "run_cancelled")]
         assert finals == ["run_failed"]
@@ -219,7 +211,7 @@ async def test_the_end_of_a_run_is_written_once_a_held_write_lock_is_released(
             body = await within(sending)
             assert body["run"]["status"] == "failed", body
             assert body["run"]["error"]["code"] == "database_error"
-            events = events_of(db_file, run_id)
+            events = stored_events(db_file, run_id)
             assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
             assert [t for _, t in events].count("run_failed") == 1
             assert runs_total(container, "failed") == 1
