@@ -6,7 +6,8 @@
 // connection never ends them: the page finds a thread's running run (`active_run_id`),
 // replays its stored events and follows it live. Every event is applied once, in seq order:
 // one that arrives twice (replay and live) is dropped, one that arrives early waits for the
-// ones before it, and a gap is filled from `GET /api/runs/{id}/events?after=N`.
+// ones before it, and a gap is filled from `GET /api/runs/{id}/events?after=N` (the server
+// fills what its live stream missed; a reload replays what the page never saw).
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "isochat.token";
@@ -362,10 +363,6 @@ async function connect() {
   socket.addEventListener("message", (message) => {
     const frame = JSON.parse(message.data);
     if (frame.type === "error") return onErrorFrame(frame);
-    if (frame.type === "gap") {
-      for (const run of state.runs.values()) if (run.status === "running") replay(run);
-      return;
-    }
     if (frame.type === "pong") return;
     if (typeof frame.seq === "number") receive(frame);
   });
