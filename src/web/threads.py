@@ -11,7 +11,7 @@ from src.web.answers import MessagePage, ThreadPage
 from src.web.auth import authenticated
 from src.web.bodies import NewThread, RenameThread, read_json
 from src.web.openapi import Operation, Param, documented
-from src.web.pages import (
+from src.web.paging import (
     MAX_MESSAGES_PAGE,
     MAX_THREADS_PAGE,
     MESSAGES_PAGE,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from src.container import AppContainer
 from src.services.database.models import MessageRow, RunEventRow, RunRow
-from src.web.pages import MAX_MESSAGES_PAGE, MAX_THREADS_PAGE, THREADS_PAGE
+from src.web.paging import MAX_MESSAGES_PAGE, MAX_THREADS_PAGE, THREADS_PAGE
 from tests.fakes import hold_triage
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, send, wait_for_run
 
