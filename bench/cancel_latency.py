@@ -45,8 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import math
@@ -65,11 +63,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-import jwt
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from src.drill.faults import DrillClaim
+from src.services.auth import TokenService
 
 ISOCHAT = str(Path(sys.executable).parent / "isochat")
 HOST = "127.0.0.1"  # loopback only
@@ -122,14 +122,9 @@ class Keys:
 
 
 def drill_token(keys: Keys, user_id: str) -> str:
-    """A drill user's bearer token: HS256 over the auth secret, and the ``drill`` claim,
-    HMAC-SHA256 of ``isochat-drill:<sub>:<exp>`` under the drill secret."""
-    now = int(time.time())
-    exp = now + TOKEN_TTL_S
-    message = f"isochat-drill:{user_id}:{exp}".encode()
-    proof = hmac.new(keys.drill.encode(), message, hashlib.sha256).hexdigest()
-    claims = {"sub": user_id, "iat": now, "exp": exp, "drill": proof}
-    return jwt.encode(claims, keys.auth, algorithm="HS256")
+    """A drill user's bearer token, as ``isochat drill`` makes it."""
+    tokens = TokenService(secret=keys.auth, ttl_s=TOKEN_TTL_S)
+    return tokens.issue(user_id, extend=DrillClaim(keys.drill).add_to)
 
 
 # --- the servers --------------------------------------------------------------------------------
