@@ -20,20 +20,22 @@ from typing import TypeVar
 
 from dependency_injector import containers, providers
 
+from src.agents.approval import ApprovalPolicy
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
-from src.agents.triage import Route, TriageAgent, with_routes
+from src.agents.triage import Route, TriageAgent, agent_of, with_routes
 from src.plugins import plug_in, plugin_classes
+from src.runs.approvals import RunPauser
 from src.runs.cancel import RunCanceller
-from src.runs.domain import RunContext
 from src.runs.emitter import EventEmitter
 from src.runs.ender import RunEnder
 from src.runs.follower import StoredEvents
 from src.runs.leases import Lease, LeaseKeeper
 from src.runs.registry import RunRegistry
 from src.runs.usage import RunUsage
-from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, current_scope
+from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, WithScopeValue
+from src.services.approvals import ApprovalService
 from src.services.auth import (
     InProcessUsedTickets,
     NoGrants,
@@ -91,20 +93,6 @@ def same(value: T) -> T:
     return value
 
 
-class RunAgents:
-    """Hands a run's context to the current scope, then builds that run's supervisor there."""
-
-    def __init__(
-        self, *, run_context: ScopeValue, supervisor: providers.Provider[Supervisor]
-    ) -> None:
-        self._run_context = run_context
-        self._supervisor = supervisor
-
-    def __call__(self, context: RunContext) -> Supervisor:
-        current_scope().set(self._run_context, context)
-        return self._supervisor()
-
-
 class RequestContainer(containers.DeclarativeContainer):
     # From the application (AppContainer wires these).
     settings = providers.Dependency(instance_of=Settings)
@@ -116,6 +104,8 @@ class RequestContainer(containers.DeclarativeContainer):
     lease = providers.Dependency(instance_of=Lease)
     ender = providers.Dependency(instance_of=RunEnder)
     canceller = providers.Dependency(instance_of=RunCanceller)
+    pauser = providers.Dependency(instance_of=RunPauser)
+    approvals = providers.Dependency(instance_of=ApprovalPolicy)
 
     # One per request scope.
     run_context = ScopeValue("run_context")
@@ -148,6 +138,7 @@ class RequestContainer(containers.DeclarativeContainer):
         llm=run_llm,
         usage=usage,
         tools=providers.List(calculator),
+        approvals=approvals,
     )
     history_agent = providers.Factory(
         HistoryAgent,
@@ -156,6 +147,7 @@ class RequestContainer(containers.DeclarativeContainer):
         llm=run_llm,
         usage=usage,
         tools=providers.List(conversation),
+        approvals=approvals,
     )
     general_agent = providers.Factory(
         GeneralAgent,
@@ -164,6 +156,7 @@ class RequestContainer(containers.DeclarativeContainer):
         llm=run_llm,
         usage=usage,
         history=conversation,
+        approvals=approvals,
     )
     # isochat's routes. A route is what the model is told plus a provider of its agent (only
     # the chosen one is ever built); Route objects hold nothing of a request, so one of each
@@ -194,12 +187,27 @@ class RequestContainer(containers.DeclarativeContainer):
         triage=triage,
         routes=routes,
         run_timeout_s=settings.provided.run_timeout_s,
+        pauser=pauser,
     )
-    agents_for = providers.Factory(
-        RunAgents, run_context=run_context.provider, supervisor=supervisor.provider
+    # A run's context handed to the scope, then what needs it built there.
+    agents_for = providers.Factory(WithScopeValue, run_context.provider, supervisor.provider)
+
+    agent_of_route = providers.Factory(
+        WithScopeValue, run_context.provider, providers.Callable(agent_of, routes).provider
     )
 
     # The use cases.
+    approval = Scoped(
+        providers.Factory(
+            ApprovalService,
+            transactions=transactions,
+            agent_of_route=agent_of_route,
+            runs=runs,
+            broker=broker,
+            lease=lease,
+            metrics=metrics,
+        )
+    )
     threads = Scoped(
         providers.Factory(ThreadService, transactions=transactions, canceller=canceller)
     )
@@ -249,8 +257,21 @@ class AppContainer(containers.DeclarativeContainer):
     canceller = providers.Singleton(
         RunCanceller, registry=runs, broker=broker, ender=ender, store=event_store
     )
+    # Runs that wait for a person: which calls wait, and how a run pauses.
+    approvals = providers.Singleton(ApprovalPolicy.from_setting, settings.provided.approval_tools)
+    pauser = providers.Singleton(
+        RunPauser,
+        database=database,
+        broker=broker,
+        timeout_s=settings.provided.approval_timeout_s,
+    )
     lease_keeper = providers.Singleton(
-        LeaseKeeper, lease=lease, database=database, runs=runs, ender=ender
+        LeaseKeeper,
+        lease=lease,
+        database=database,
+        runs=runs,
+        ender=ender,
+        approval_timeout_s=settings.provided.approval_timeout_s,
     )
     # What a token's claims grant beyond the user (a plug-in may say; isochat's own: nothing).
     token_grants = providers.Singleton(NoGrants)
@@ -314,6 +335,8 @@ class AppContainer(containers.DeclarativeContainer):
         lease=lease,
         ender=ender,
         canceller=canceller,
+        pauser=pauser,
+        approvals=approvals,
     )
 
 

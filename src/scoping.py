@@ -237,3 +237,16 @@ class ScopeValue(_ScopeProvider):
             return current_scope().lookup(self)
         except KeyError:
             raise ScopeError(f"{self.name} has not been set in this request scope") from None
+
+
+class WithScopeValue:
+    """Hands a value to the current scope, then builds what depends on it there:
+    ``WithScopeValue(run_context, supervisor)(context)`` is the run's supervisor."""
+
+    def __init__(self, value: ScopeValue, build: providers.Provider[Any]) -> None:
+        self._value = value
+        self._build = build
+
+    def __call__(self, value: Any, *args: Any) -> Any:
+        current_scope().set(self._value, value)
+        return self._build(*args)

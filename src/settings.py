@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     # A serving process renews the lease of each of its running runs; a run whose lease is this
     # old (its process died or lost the database) is ended `interrupted` by any live process.
     run_lease_s: float = Field(default=15.0, ge=1)
+    # Tools whose every call waits for a person's approval (names, comma-separated; `*`: all).
+    approval_tools: str = Field(default="", pattern=r"^\s*(\*|[\w.-]+)?\s*(,\s*(\*|[\w.-]+)\s*)*$")
+    # A run that waits for approval longer than this is ended `failed` / `approval_expired`.
+    approval_timeout_s: float = Field(default=86400.0, gt=0)
     # On SIGTERM / Ctrl-C: how long runs in flight may go on before they are ended `cancelled`.
     shutdown_timeout_s: int = Field(default=10, ge=0)
 

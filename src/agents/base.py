@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, ToolError, truncate
+from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, TRUNCATED, Tool, ToolError, truncate
+from src.runs.domain import Decision
+
+if TYPE_CHECKING:  # approval.py builds on the tools, which base.py re-exports
+    from src.agents.approval import PausedTurn
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +55,33 @@ class Agent(ABC):
         await self._events.emit("agent_started", agent=self.name)
         result = truncate(await self.answer(content), MAX_ANSWER_CHARS)
         log.debug("agent %s completed", self.name)
+        await self._report_result(result)
+        return result
+
+    async def _report_result(self, result: str) -> None:
         await self._events.emit(
             "agent_completed",
             agent=self.name,
             data={"result": truncate(result, MAX_EVENT_TEXT_CHARS), **self.result_details()},
         )
+
+    async def resume(self, turn: PausedTurn, decisions: Mapping[str, Decision]) -> str:
+        """Go on from a turn paused for approval (``resume_answer``), reporting the result as
+        ``run`` does (its start was reported before the pause)."""
+        result = truncate(await self.resume_answer(turn, decisions), MAX_ANSWER_CHARS)
+        await self._report_result(result)
         return result
 
     @abstractmethod
     async def answer(self, content: str) -> str: ...
+
+    async def resume_answer(self, turn: PausedTurn, decisions: Mapping[str, Decision]) -> str:
+        """The answer after a pause; only an agent that pauses (the agent loop) goes on."""
+        raise AgentError(f"the {self.name} agent cannot go on after a pause")
+
+    def tool(self, name: str) -> Tool[Any] | None:
+        """The tool of that name, if this agent calls tools (the agent loop does)."""
+        return None
 
     def result_details(self) -> dict[str, Any]:
         """What ``agent_completed`` says besides the result (triage: why it fell back)."""

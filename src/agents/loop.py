@@ -20,16 +20,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from src.agents.approval import (
+    ApprovalPolicy,
+    AwaitingApproval,
+    DoneCall,
+    LoopState,
+    PausedTurn,
+)
 from src.agents.base import MAX_EVENT_TEXT_CHARS, Agent, AgentError, AgentTracker, RunEvents
 from src.agents.thinking import AnswerFull, AnswerStream
 from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, Tool, ToolError, truncate
 from src.agents.tools import ConversationHistory
 from src.logs import log_failure
-from src.runs.domain import Message, RunFailure
+from src.runs.approvals import DEFAULT_REFUSAL
+from src.runs.domain import Decision, Message, RunFailure
 from src.runs.usage import RunUsage
 from src.services.llm import LLM, ChatMessage, ToolCall
 
@@ -52,9 +60,15 @@ class ToolOutcome:
     call: ToolCall
     output: str
     error: str | None = None  # why the call failed, told to the model
+    refusal: str | None = None  # a person declined the call: what the model is told
 
     def as_message(self) -> ChatMessage:
-        content = self.output if self.error is None else json.dumps({"error": self.error})
+        if self.refusal is not None:
+            content = json.dumps({"refused": self.refusal}, ensure_ascii=False)
+        elif self.error is not None:
+            content = json.dumps({"error": self.error}, ensure_ascii=False)
+        else:
+            content = self.output
         return ChatMessage("tool", content, tool_call_id=self.call.id)
 
 
@@ -78,6 +92,7 @@ class ToolAgent(Agent):
         usage: RunUsage,
         tools: Sequence[Tool[Any]] = (),
         history: ConversationHistory | None = None,
+        approvals: ApprovalPolicy | None = None,
         name: str | None = None,
         instructions: str | None = None,
         context_messages: int | None = None,
@@ -94,21 +109,55 @@ class ToolAgent(Agent):
         self._usage = usage
         self._tools = {tool.name: tool for tool in tools}
         self._history = history
+        self._approvals = approvals  # None: only the tools' own say which calls wait
         self._max_steps = max_steps
 
     async def answer(self, content: str) -> str:
         messages = [ChatMessage("system", self.instructions)]
         messages += await self._context()
         messages.append(ChatMessage("user", content))
+        return await self._go_on(
+            LoopState(messages), AnswerStream(events=self._events, agent=self.name)
+        )
+
+    async def resume_answer(self, turn: PausedTurn, decisions: Mapping[str, Decision]) -> str:
+        """Go on from a turn paused for approval, once every waiting call is decided:
+        approved and edited calls run (edited ones with the arguments given instead), rejected
+        ones give the model the refusal, and the loop goes on as if the turn had not paused."""
+        self._usage.carry(turn.usage)
+        answer = AnswerStream(
+            events=self._events, agent=self.name, text=turn.answer, sent=turn.answer_sent
+        )
+        to_run, refused = [], []
+        for call in turn.pending:
+            decision = decisions[call.id]
+            if decision.decision == "reject":
+                message = decision.message or DEFAULT_REFUSAL
+                refused.append(ToolOutcome(call, "", refusal=message))
+            elif decision.decision == "edit" and decision.arguments is not None:
+                to_run.append(ToolCall(call.id, call.name, decision.arguments))
+            else:
+                to_run.append(call)
+        # The model's turn as it now stands: an edited call with the arguments that ran.
+        edited = {call.id: call for call in to_run}
+        asked = turn.loop.messages[-1]
+        turn.loop.messages[-1] = replace(
+            asked, tool_calls=tuple(edited.get(c.id, c) for c in asked.tool_calls)
+        )
+        ran = [ToolOutcome(d.call, d.output, d.error) for d in turn.done]
+        ran += await self._call_tools(to_run)
+        by_id = {outcome.call.id: outcome for outcome in [*ran, *refused]}
+        self._after_turn(turn.loop, [by_id[call.id] for call in turn.calls])
+        return await self._go_on(turn.loop, answer)
+
+    async def _go_on(self, state: LoopState, answer: AnswerStream) -> str:
+        """Ask the model, run the tools it calls, and again, until it answers."""
         specs = [tool.spec() for tool in self._tools.values()]
-        answer = AnswerStream(events=self._events, agent=self.name)
-        failed_calls: set[tuple[str, str]] = set()
-        failing_turns = 0
-        last_failure: str | None = None
-        for _ in range(self._max_steps):
+        while state.steps < self._max_steps:
+            state.steps += 1
             answer.new_turn()
             try:
-                reply = await self._llm.reply(messages, tools=specs, on_text=answer.add)
+                reply = await self._llm.reply(state.messages, tools=specs, on_text=answer.add)
             except AnswerFull:
                 return answer.text
             self._usage.add(reply.usage)
@@ -116,25 +165,64 @@ class ToolAgent(Agent):
                 await answer.flush()
                 if answer.text.strip():
                     return answer.text
-                if last_failure is not None:
-                    raise ToolError(last_failure)  # nothing to say after the failure
+                if state.last_failure is not None:
+                    raise ToolError(state.last_failure)  # nothing to say after the failure
                 raise AgentError("the model gave an empty answer")
-            repeated = [c for c in reply.tool_calls if (c.name, c.arguments) in failed_calls]
-            if repeated and last_failure is not None:
-                raise ToolError(last_failure)  # the same failing call again: no way past it
+            calls = reply.tool_calls
+            repeated = [c for c in calls if (c.name, c.arguments) in state.failed_calls]
+            if repeated and state.last_failure is not None:
+                raise ToolError(state.last_failure)  # the same failing call again: no way past
             await answer.flush()
-            messages.append(ChatMessage("assistant", reply.text, tool_calls=reply.tool_calls))
-            outcomes = await self._call_tools(reply.tool_calls)
-            messages += [outcome.as_message() for outcome in outcomes]
-            failures = [o for o in outcomes if o.error is not None]
-            failed_calls |= {(o.call.name, o.call.arguments) for o in failures}
-            failing_turns = failing_turns + 1 if failures else 0
-            last_failure = failures[-1].error if failures else None
-            if last_failure is not None and failing_turns >= MAX_FAILING_TURNS:
-                raise ToolError(last_failure)
+            state.messages.append(ChatMessage("assistant", reply.text, tool_calls=calls))
+            waiting = tuple(c for c in calls if self._needs_approval(c))
+            if waiting:
+                # The turn's other calls run first; then the run pauses until a person decides.
+                done = await self._call_tools([c for c in calls if c not in waiting])
+                raise AwaitingApproval(
+                    PausedTurn(
+                        agent=self.name,
+                        loop=state,
+                        calls=calls,
+                        done=tuple(DoneCall(o.call, o.output, o.error) for o in done),
+                        pending=waiting,
+                        answer=answer.text,
+                        answer_sent=answer.sent,
+                        usage=self._usage.total,
+                    )
+                )
+            self._after_turn(state, await self._call_tools(calls))
         raise StepLimitReached(
             f"the {self.name} agent was still calling tools after {self._max_steps} model calls"
         )
+
+    def _after_turn(self, state: LoopState, outcomes: Sequence[ToolOutcome]) -> None:
+        """The turn's results go to the model; a failure the model cannot get past ends the
+        run (a refusal is an answer, not a failure)."""
+        state.messages += [outcome.as_message() for outcome in outcomes]
+        failures = [o for o in outcomes if o.error is not None]
+        state.failed_calls |= {(o.call.name, o.call.arguments) for o in failures}
+        state.failing_turns = state.failing_turns + 1 if failures else 0
+        state.last_failure = failures[-1].error if failures else None
+        if state.last_failure is not None and state.failing_turns >= MAX_FAILING_TURNS:
+            raise ToolError(state.last_failure)
+
+    def _needs_approval(self, call: ToolCall) -> bool:
+        """Whether ``call`` waits for a person: only a call that would run (a known tool, with
+        arguments that fit it) can."""
+        tool = self._tools.get(call.name)
+        if tool is None:
+            return False
+        try:
+            params = tool.parse(call.arguments)
+        except ToolError:
+            return False
+        if self._approvals is None:
+            return tool.needs_approval(params)
+        return self._approvals.needs(tool, params)
+
+    def tool(self, name: str) -> Tool[Any] | None:
+        """The tool of that name, if this agent has one."""
+        return self._tools.get(name)
 
     async def _context(self) -> list[ChatMessage]:
         if self._history is None or self.context_messages <= 0:

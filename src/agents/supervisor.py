@@ -1,20 +1,24 @@
 """The supervisor runs triage, then the chosen specialist, and turns whatever happens into
-exactly one outcome, which the one ender stores, publishes and counts (``src/runs/ender.py``)."""
+exactly one outcome, which the one ender stores, publishes and counts (``src/runs/ender.py``);
+or, when the specialist's calls wait for a person, into a pause (``src/runs/approvals.py``),
+from which ``resume`` goes on, in another scope and maybe on another host."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from src.agents.approval import AwaitingApproval, PausedTurn
 from src.agents.base import Agent, RunEvents
 from src.agents.triage import FALLBACK_ROUTE, Route
 from src.aio import release_frames
 from src.logs import log_failure
-from src.runs.domain import RunContext, RunError, RunFailure
+from src.runs.approvals import Paused, Resumed, RunPauser
+from src.runs.domain import Pause, RunContext, RunError, RunFailure
 from src.runs.ender import Outcome, RunEnder
 from src.runs.ledger import Ended, RunAlreadyFinished
 from src.runs.usage import RunUsage
@@ -39,10 +43,12 @@ class Supervisor:
         triage: Agent,
         routes: Mapping[str, Route],
         run_timeout_s: float,
+        pauser: RunPauser,
     ) -> None:
         self._context = context
         self._emitter = emitter
         self._ender = ender
+        self._pauser = pauser
         self._usage = usage
         self._triage = triage
         self._routes = routes
@@ -54,13 +60,24 @@ class Supervisor:
         # cancel re-raises the cancellation, and returns nothing).
         self.ended: Ended | None = None
 
-    async def run(self) -> Ended | None:
-        """Run the agents on the run's message to one end, stored: the run as it ended (None
-        when it ended elsewhere first: a cancel from another process, the lease sweep).
-        Re-raises a cancellation after its end is stored, as asyncio expects."""
+    async def run(self) -> Ended | Paused | None:
+        """Run the agents on the run's message to one end, stored: the run as it ended, or its
+        pause (None when it ended elsewhere first: a cancel from another process, the lease
+        sweep). Re-raises a cancellation after its end is stored, as asyncio expects."""
         log.info("run started")
+        return await self._drive(self._answer(self._context.content))
+
+    async def resume(self, resumed: Resumed) -> Ended | Paused | None:
+        """Go on from the run's pause, every waiting call decided, as ``run`` goes on."""
+        log.info("run resumed")
+        self._route = resumed.route
+        return await self._drive(self._resume(resumed))
+
+    async def _drive(self, work: Awaitable[str]) -> Ended | Paused | None:
         try:
-            answer = await self._answer(self._context.content)
+            answer = await work
+        except AwaitingApproval as paused:
+            return await self._pause(paused.turn)
         except asyncio.CancelledError:
             await self._end(Outcome.cancelled(usage=self._usage.total, route=self._route))
             raise
@@ -89,6 +106,35 @@ class Supervisor:
             self._emitter.set_route(route)
             chosen = self._routes.get(route) or self._routes[FALLBACK_ROUTE]
             return await self._work(chosen.agent(), content)
+
+    async def _resume(self, resumed: Resumed) -> str:
+        # The run's deadline bounds each stretch of work, not the time it waited for a person.
+        async with asyncio.timeout(self._run_timeout_s) as self._deadline:
+            turn = PausedTurn.from_json(resumed.state)
+            chosen = self._routes.get(resumed.route or "") or self._routes[FALLBACK_ROUTE]
+            agent = chosen.agent()
+            self._at_work = agent.name
+            decisions = {decision.call_id: decision for decision in resumed.decisions}
+            result = await agent.resume(turn, decisions)
+            self._at_work = None
+            return result
+
+    async def _pause(self, turn: PausedTurn) -> Paused | Ended | None:
+        """Store the pause (its task, lease and scope end with this call); a pause that cannot
+        be stored fails the run."""
+        pause = Pause(
+            route=self._route, agent=turn.agent, state=turn.to_json(), pending=turn.pending_calls()
+        )
+        try:
+            events = await self._pauser.pause(self._context, pause)
+        except RunAlreadyFinished:
+            log.info("run %s ended elsewhere while its agents worked", self._context.run_id)
+            return None
+        except Exception as exc:
+            error = self._describe(exc)
+            release_frames(exc)
+            return await self._end(Outcome.failed(error, agent="supervisor", route=self._route))
+        return Paused(events)
 
     async def _work(self, agent: Agent, content: str) -> str:
         self._at_work = agent.name

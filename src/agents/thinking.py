@@ -30,12 +30,13 @@ class AnswerFull(Exception):
 
 
 class AnswerStream:
-    def __init__(self, *, events: RunEvents, agent: str) -> None:
+    def __init__(self, *, events: RunEvents, agent: str, text: str = "", sent: int = 0) -> None:
+        """An answer from its start, or (``text``, ``sent``) one that goes on after a pause."""
         self._events = events
         self._agent = agent
         self._loop = asyncio.get_running_loop()
-        self._text = ""
-        self._sent = 0  # how much of the text has gone out as events
+        self._text = text
+        self._sent = sent  # how much of the text has gone out as events
         self._last_sent = self._loop.time()
         self._new_turn = False
         self.truncated = False
@@ -44,6 +45,11 @@ class AnswerStream:
     def text(self) -> str:
         """The answer so far, as the events have it (or will, after ``flush``)."""
         return self._text
+
+    @property
+    def sent(self) -> int:
+        """How much of the text has gone out as events."""
+        return self._sent
 
     def new_turn(self) -> None:
         """The model is asked again: what it says next is set apart from what it said."""

@@ -19,7 +19,9 @@ Two ways to write one:
         ...
 
 A tool refuses input it cannot handle by raising ``ToolError`` with a reason; the model is
-given the reason and may try again (see ``src/agents/loop.py``).
+given the reason and may try again (see ``src/agents/loop.py``). A tool whose calls must wait
+for a person's approval says so (``approval = True``, or ``needs_approval(params)`` deciding
+from the input; ``FunctionTool(..., approval=...)``): see ``src/agents/approval.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class Tool(ABC, Generic[InputT]):
     # Whether calls of it may run beside other calls of the same turn. A tool that uses the
     # run's database session may not: a session serves one statement at a time.
     concurrent: ClassVar[bool] = True
+    # Whether every call of it waits for a person's approval (see ``needs_approval`` to decide
+    # from the call's input; ``ISOCHAT_APPROVAL_TOOLS`` can ask it of any tool).
+    approval: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,6 +81,11 @@ class Tool(ABC, Generic[InputT]):
 
     @abstractmethod
     async def run(self, params: InputT) -> str: ...
+
+    def needs_approval(self, params: InputT) -> bool:
+        """Whether this call (its validated input) waits for a person before it runs: the
+        class's ``approval`` unless a tool decides from the input (a refund over 100, say)."""
+        return self.approval
 
     def spec(self) -> ToolSpec:
         return ToolSpec(
@@ -108,8 +118,12 @@ class FunctionTool(Tool[BaseModel]):
         *,
         name: str | None = None,
         description: str | None = None,
+        approval: bool | Callable[..., bool] = False,
     ) -> None:
+        """``approval``: whether calls wait for a person, or a function of the call's arguments
+        (as keywords) that says so."""
         self._function = function
+        self._approval = approval
         self.name = name or function.__name__  # type: ignore[misc]  # per instance here
         self.description = description or inspect.getdoc(function) or self.name  # type: ignore[misc]
         hints = get_type_hints(function, include_extras=True)
@@ -122,8 +136,17 @@ class FunctionTool(Tool[BaseModel]):
         )
 
     async def run(self, params: BaseModel) -> str:
-        result = await self._function(**{k: getattr(params, k) for k in type(params).model_fields})
+        result = await self._function(**_arguments(params))
         return result if isinstance(result, str) else json.dumps(result, default=str)
+
+    def needs_approval(self, params: BaseModel) -> bool:
+        if callable(self._approval):
+            return bool(self._approval(**_arguments(params)))
+        return self._approval
+
+
+def _arguments(params: BaseModel) -> dict[str, Any]:
+    return {name: getattr(params, name) for name in type(params).model_fields}
 
 
 @functools.cache

@@ -30,6 +30,11 @@ class Route:
     agent: Callable[[], Agent]
 
 
+def agent_of(routes: Mapping[str, Route], route: str | None) -> Agent:
+    """The agent of ``route`` (the fallback route's when there is no such route), built."""
+    return (routes.get(route or "") or routes[FALLBACK_ROUTE]).agent()
+
+
 def with_routes(routes: Mapping[str, Route], **more: Route) -> dict[str, Route]:
     """``routes`` and ``more`` (which replace routes of the same name): a team's routes beside
     isochat's."""

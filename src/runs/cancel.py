@@ -46,13 +46,17 @@ class RunCanceller:
         self._wait_s = wait_s
 
     async def cancel(self, run: Run) -> None:
-        """Have ``run`` end ``cancelled`` if it is still running; returns once its final event
-        is stored (whatever it is: it may have completed meanwhile) or after ``wait_s``."""
+        """Have ``run`` end ``cancelled`` if it has not ended; returns once its final event is
+        stored (whatever it is: it may have completed meanwhile) or after ``wait_s``."""
+        if run.status == "awaiting_approval" and await self._end_paused(run):
+            return
         here = self._registry.cancel(run.id)
         if here is not None:
             # Its task stores its end before it ends (if it does not end in time, it is stuck
-            # in the database: its own lease is live, so nobody else may end it either).
+            # in the database: its own lease is live, so nobody else may end it either). A
+            # task cancelled while it stored a pause leaves the run paused: ended here.
             await asyncio.wait((here,), timeout=self._wait_s)
+            await self._end_paused(run)
             return
         subscription, check_every_s = await self._subscribe(run.user_id)
         try:
@@ -60,6 +64,8 @@ class RunCanceller:
                 subscription, self._store, keepalive_s=check_every_s, run_id=run.id, after=0
             )
             if await self._ask_others(run.id) and await self._ended(follower):
+                if follower.paused:  # it paused before its process heard the cancel
+                    await self._end_paused(run)
                 return
             # No live process ended it: one whose lease has expired is ended from here; one
             # whose owner is alive is left to its owner (it ends when its owner hears).
@@ -73,6 +79,18 @@ class RunCanceller:
         finally:
             # Shielded: a caller gone away must not leave the subscription behind.
             await asyncio.shield(self._broker.unsubscribe(subscription))
+
+    async def _end_paused(self, run: Run) -> bool:
+        """End a run that waits for approval (it has no task anywhere); False when it was not
+        paused any more (resumed, or ended, meanwhile)."""
+        ended = await self._ender.end(
+            run_id=run.id,
+            thread_id=run.thread_id,
+            user_id=run.user_id,
+            outcome=Outcome.cancelled(),
+            from_status="awaiting_approval",
+        )
+        return ended is not None
 
     async def _subscribe(self, user_id: str) -> tuple[Subscription, float]:
         """The user's live events and how often to read the store besides; when the broker

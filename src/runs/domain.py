@@ -7,6 +7,7 @@ all speak of runs in these types.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, overload
@@ -24,6 +25,8 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
     "cancelled",
 )
 ENDED_STATUSES: frozenset[RunStatus] = frozenset({"completed", "failed", "cancelled"})
+# The runs that hold their thread (its ``active_run_id``): at most one per thread.
+ACTIVE_STATUSES: tuple[RunStatus, ...] = ("running", "awaiting_approval")
 FINAL_EVENT_TYPES = frozenset({"run_completed", "run_failed", "run_cancelled"})
 FINAL_EVENT_OF: dict[RunStatus, str] = {
     "completed": "run_completed",
@@ -107,6 +110,44 @@ class RunContext:
     request_id: str | None = None
     grants: frozenset[str] = frozenset()
     content: str = field(default="", repr=False)
+
+
+DecisionKind = Literal["approve", "reject", "edit"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """A tool call that waits for a person: its id, its tool and its arguments (JSON text, as
+    the model wrote them)."""
+
+    call_id: str
+    tool: str
+    arguments: str
+
+    def input(self) -> Any:
+        return json.loads(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a person decided about one pending call: ``edit`` runs ``arguments`` (JSON text)
+    instead; ``reject`` tells the model ``message``."""
+
+    call_id: str
+    decision: DecisionKind
+    arguments: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """What a run stores when it pauses: its route, its agent's state and the calls that
+    wait."""
+
+    route: str | None
+    agent: str
+    state: str
+    pending: tuple[PendingCall, ...]
 
 
 @dataclass(frozen=True, slots=True)

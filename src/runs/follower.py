@@ -17,7 +17,12 @@ start).
 Two ways to follow:
 - a user's runs, all of them (a WebSocket): the follower also passes the connection's own
   frames (``pong``, ``error``) through in order;
-- one run until its final event (``run_id``: SSE, a cancel waiting for the end).
+- one run until its final event, or until it pauses for approval (``run_id``: SSE, a cancel
+  waiting for the end): a paused run may wait a day for a person, and its client follows it
+  again once it has decided.
+
+A run paused for approval is quiet until someone decides: silences do not send the follower to
+the store for it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from src.services.database.engine import Database
 
 log = logging.getLogger(__name__)
 
+# The event of a run that pauses for approval (one per call that waits).
+PAUSE_EVENT = "approval_requested"
 # Yielded after ``keepalive_s`` of silence (SSE sends a comment); never an event.
 KEEPALIVE: Frame = {"type": "keep-alive"}
 # How often a single-run follower whose subscription fell behind reads the store instead.
@@ -94,9 +101,11 @@ class Follower:
         self._only = run_id
         self._last: dict[str, int] = {}  # runs in progress -> the last seq delivered
         self._ended: dict[str, str] = {}  # runs whose final event was delivered -> its ts
+        self._paused: set[str] = set()  # runs in progress whose last event asked for approval
         self._heard = iso(utcnow())  # the newest event time heard (ISO text sorts as time)
         self._recovering = False  # a gap's fill failed: tried again at the next silence
         self.done = False
+        self.paused = False  # the one run followed paused for approval (and ``done``)
         if run_id is not None:
             self._last[run_id] = after
 
@@ -113,6 +122,10 @@ class Follower:
             for frame in await self._fill(self._only):
                 yield frame
         while not self.done:
+            if self._only in self._paused:
+                for frame in await self._paused_until_decided(self._only):
+                    yield frame
+                continue
             frame = await self._next()
             if frame is _BEHIND and self._only is None:
                 return  # the connection is closed for it; its client replays what it missed
@@ -168,16 +181,29 @@ class Follower:
         self._delivered(run_id, frame)
         return [frame]
 
+    async def _paused_until_decided(self, run_id: str) -> list[Frame]:
+        """The followed run paused: the rest of its pause's events (stored together), and the
+        end of following it, unless it has gone on meanwhile."""
+        frames = await self._fill(run_id)
+        if run_id in self._paused:
+            self.paused = self.done = True
+        return frames
+
     def _delivered(self, run_id: str, frame: Frame) -> None:
         if frame["type"] in FINAL_EVENT_TYPES:
             self._last.pop(run_id, None)
+            self._paused.discard(run_id)
             self._ended[run_id] = frame["ts"]
             if len(self._ended) > ENDED_KEPT:
                 self._forget_old_ends()
             if run_id == self._only:
                 self.done = True
+            return
+        self._last[run_id] = frame["seq"]
+        if frame["type"] == PAUSE_EVENT:
+            self._paused.add(run_id)
         else:
-            self._last[run_id] = frame["seq"]
+            self._paused.discard(run_id)
 
     async def _fill(self, run_id: str) -> list[Frame]:
         """The run's stored events after the last one delivered (delivered now)."""
@@ -205,11 +231,12 @@ class Follower:
         return frames
 
     async def _check_store(self) -> list[Frame]:
-        """After a silence: whatever the runs in progress stored that was not heard live."""
+        """After a silence: whatever the runs in progress (not paused) stored that was not
+        heard live."""
         if self._recovering:
             return await self._recover()
         frames: list[Frame] = []
-        for run_id in list(self._last):
+        for run_id in [r for r in self._last if r not in self._paused]:
             frames += await self._fill(run_id)
         return frames
 

@@ -8,6 +8,9 @@ third of a lease, covering runs that wait on a long model call. A run whose leas
 and at start-up. A run whose owner is alive is never touched: restarting one host leaves the
 others' runs alone.
 
+The same sweep ends runs that waited for approval longer than ``APPROVAL_TIMEOUT_S``
+(``approval_expired``); a paused run has no owner and no lease, so nothing else touches it.
+
 Leases compare wall-clock times written by different hosts: their clocks must agree to within a
 small part of ``RUN_LEASE_S`` (NTP does).
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from src.runs import ledger
+from src.runs.approvals import approval_expired
 from src.runs.domain import utcnow
 from src.runs.ender import Outcome, RunEnder
 from src.runs.registry import RunRegistry
@@ -53,9 +57,16 @@ class LeaseKeeper:
     """Renews this process's leases and ends runs whose owner stopped renewing theirs."""
 
     def __init__(
-        self, *, lease: Lease, database: Database, runs: RunRegistry, ender: RunEnder
+        self,
+        *,
+        lease: Lease,
+        database: Database,
+        runs: RunRegistry,
+        ender: RunEnder,
+        approval_timeout_s: float,
     ) -> None:
         self._lease = lease
+        self._expired = approval_expired(approval_timeout_s)
         self._database = database
         self._runs = runs
         self._ender = ender
@@ -94,10 +105,21 @@ class LeaseKeeper:
             )
 
     async def sweep(self, *, now: datetime | None = None) -> int:
-        """End every run whose lease had expired by ``now`` as ``interrupted``; how many it
-        ended."""
+        """End every run whose lease had expired by ``now`` as ``interrupted``, and every run
+        whose pause for approval had expired as ``approval_expired``; how many it ended."""
         now = now or utcnow()
         ended = 0
+        for run in await self._database.write(ledger.expired_pauses, now=now):
+            closed = await self._ender.end(
+                run_id=run.id,
+                thread_id=run.thread_id,
+                user_id=run.user_id,
+                outcome=Outcome.failed(self._expired),
+                from_status="awaiting_approval",
+            )
+            if closed is not None:
+                ended += 1
+                log.warning("run %s ended: nobody decided on its calls in time", run.id)
         for run in await self._database.write(ledger.expired_runs, now=now):
             closed = await self._ender.end(
                 run_id=run.id,

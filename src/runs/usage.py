@@ -24,3 +24,9 @@ class RunUsage:
             return
         self._counter.tokens_used(usage)
         self.total = usage if self.total is None else self.total + usage
+
+    def carry(self, usage: Usage | None) -> None:
+        """What the run's calls had used before it paused (counted then): added to its total,
+        not counted again."""
+        if usage is not None:
+            self.total = usage if self.total is None else self.total + usage

@@ -18,6 +18,7 @@ from typing import Protocol
 from src.aio import release_frames
 from src.logs import bind, log_failure
 from src.runs import ledger
+from src.runs.approvals import Paused, Resumed
 from src.runs.cancel import RunCanceller
 from src.runs.domain import Event, Message, Run, RunContext, RunError, utcnow
 from src.runs.ender import Outcome, RunEnder
@@ -37,8 +38,13 @@ log = logging.getLogger(__name__)
 
 
 class RunsAgents(Protocol):
-    async def run(self) -> Ended | None:
-        """The run's agents to the run's end, stored (None when it ended elsewhere first)."""
+    async def run(self) -> Ended | Paused | None:
+        """The run's agents to the run's end or pause, stored (None when it ended elsewhere
+        first)."""
+        ...
+
+    async def resume(self, resumed: Resumed) -> Ended | Paused | None:
+        """The same, going on from the run's pause."""
         ...
 
     @property
@@ -95,9 +101,10 @@ class ChatService:
             content=content,
         )
         ended = await self._run_to_end(run, context)
-        if ended is not None:
+        if isinstance(ended, Ended):
             return ended.run, ended.message
-        # Ended by someone else (a cancel from another process, the lease sweep): as stored.
+        # Paused for approval, or ended by someone else (a cancel from another process, the
+        # lease sweep): as stored.
         stored = await self.get_run(user_id=caller.user_id, run_id=run.id)
         answer = None
         if stored.status == "completed":
@@ -146,9 +153,20 @@ class ChatService:
             raise
         return run
 
-    async def _run_to_end(self, run: Run, context: RunContext) -> Ended | None:
+    async def resume_run(self, resumed: Resumed) -> None:
+        """Go on with a run its last decision resumed (already ``running`` under this
+        process's lease), in this request scope, to its end or its next pause."""
+        ctx = resumed.context
+        run = Run.running(
+            id=ctx.run_id, thread_id=ctx.thread_id, user_id=ctx.user_id, created_at=utcnow()
+        )
+        await self._run_to_end(run, ctx, resumed=resumed)
+
+    async def _run_to_end(
+        self, run: Run, context: RunContext, *, resumed: Resumed | None = None
+    ) -> Ended | Paused | None:
         """The run's agents in a task of their own (so that a cancel reaches exactly this run),
-        to the run's one end."""
+        to the run's one end, or its pause."""
         bind(run_id=run.id, thread_id=run.thread_id, user_id=run.user_id)  # its task inherits
         try:
             agents = self._agents_for(context)
@@ -162,7 +180,7 @@ class ChatService:
                 user_id=run.user_id,
                 outcome=Outcome.failed(NOT_STARTED),
             )
-        task = asyncio.create_task(agents.run())
+        task = asyncio.create_task(agents.run() if resumed is None else agents.resume(resumed))
         self._runs.add(run.id, task)
         try:
             return await task

@@ -29,6 +29,12 @@ class Conflict(ChatError):
     code = "conflict"
 
 
+class Invalid(ChatError):
+    """Input that parsed but names something the request cannot be about (422)."""
+
+    code = "validation_error"
+
+
 class Unauthorized(ChatError):
     code = "unauthorized"
 

@@ -76,6 +76,17 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.approvals_total = Counter(
+            "isochat_approvals_total",
+            "Decisions on tool calls that waited for approval, by decision",
+            ["decision"],
+            registry=r,
+        )
+        # Set from the database when /metrics is read, so every host says the same.
+        self.runs_awaiting_approval = Gauge(
+            "isochat_runs_awaiting_approval", "Runs paused until a person decides on their calls",
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.ws_connections = Gauge(
             "isochat_ws_connections", "Open WebSocket connections",
             registry=r, multiprocess_mode="livesum",
@@ -97,6 +108,9 @@ class Metrics:
     def run_ended(self, *, status: str, seconds: float) -> None:
         self.runs_total.labels(status=status).inc()
         self.run_seconds.observe(seconds)
+
+    def approval_decided(self, decision: str) -> None:
+        self.approvals_total.labels(decision=decision).inc()
 
     def tokens_used(self, usage: Usage) -> None:
         self.llm_tokens_total.labels(kind="prompt").inc(usage.prompt_tokens)

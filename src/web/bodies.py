@@ -10,13 +10,22 @@ away. The byte limit comes first, so no parser ever sees more than ``max_bytes``
 from __future__ import annotations
 
 import codecs
+import json
 import re
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
+from src.runs.domain import Decision
 from src.web.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -68,6 +77,38 @@ class NewMessage(Body):
 
 class DevLogin(Body):
     user_id: str
+
+
+# The longest refusal a person may give the model, and the most decisions in one request.
+MAX_REFUSAL_CHARS = 2000
+MAX_DECISIONS = 100
+
+
+class DecisionBody(Body):
+    """One decision about a call that waits for approval."""
+
+    call_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    decision: Literal["approve", "reject", "edit"]
+    # edit: the arguments to run instead (checked against the tool's input model)
+    input: dict[str, Any] | None = None
+    # reject: what the model is told
+    message: Annotated[StoredText, StringConstraints(max_length=MAX_REFUSAL_CHARS)] | None = None
+
+    def as_decision(self) -> Decision:
+        arguments = None if self.input is None else json.dumps(self.input, ensure_ascii=False)
+        return Decision(
+            call_id=self.call_id,
+            decision=self.decision,
+            arguments=arguments if self.decision == "edit" else None,
+            message=self.message if self.decision == "reject" else None,
+        )
+
+
+Decisions = Annotated[list[DecisionBody], Field(min_length=1, max_length=MAX_DECISIONS)]
+
+
+class Approvals(Body):
+    decisions: Decisions
 
 
 async def read_json(

@@ -1,7 +1,8 @@
 """Runs that do not belong to the request that started them: a background run
-(``POST /api/threads/{id}/runs``) and a run streamed as server-sent events. Each runs in a
-request scope of its own, in a task the run registry keeps (and shutdown ends), so the caller's
-request may end, or its client go away, while the run goes on."""
+(``POST /api/threads/{id}/runs``), a run streamed as server-sent events, and a run a decision
+resumed. Each runs in a request scope of its own, in a task the run registry keeps (and
+shutdown ends), so the caller's request may end, or its client go away, while the run goes
+on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 
 from src.container import AppContainer, request_scope
 from src.logs import bind
+from src.runs.approvals import Resumed
 from src.runs.domain import Run
 from src.services.auth import Caller
 
@@ -38,3 +40,15 @@ async def start_detached(
         return started.result()
     task.result()  # it ended before the run was stored: raise why
     raise AssertionError("a run that stored nothing ended without an error")
+
+
+def resume_detached(container: AppContainer, resumed: Resumed) -> None:
+    """Go on with the run the last decision resumed, in a request scope of its own."""
+    request_id = resumed.context.request_id
+
+    async def run() -> None:
+        bind(request_id=request_id)
+        async with request_scope(container, request_id=request_id):
+            await container.request.chat().resume_run(resumed)
+
+    container.runs().adopt(asyncio.create_task(run()))

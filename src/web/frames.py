@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from src.web.bodies import REQUEST_ID, StoredText, check_content, describe, unparsed
+from src.web.bodies import REQUEST_ID, Decisions, StoredText, check_content, describe, unparsed
 from src.web.errors import ApiError
 
-FRAME_TYPES = ("chat", "cancel", "ping")
+FRAME_TYPES = ("chat", "cancel", "approve", "ping")
 
 
 class _Frame(BaseModel):
@@ -34,12 +34,21 @@ class CancelFrame(_Frame):
     run_id: str
 
 
+class ApproveFrame(_Frame):
+    """Decisions about a paused run's calls, as ``POST /api/runs/{id}/approvals`` takes them."""
+
+    type: Literal["approve"]
+    run_id: str
+    decisions: Decisions
+
+
 class PingFrame(_Frame):
     type: Literal["ping"]
 
 
-ClientFrame = Annotated[ChatFrame | CancelFrame | PingFrame, Field(discriminator="type")]
-_FRAME: TypeAdapter[ChatFrame | CancelFrame | PingFrame] = TypeAdapter(ClientFrame)
+AnyFrame = ChatFrame | CancelFrame | ApproveFrame | PingFrame
+ClientFrame = Annotated[AnyFrame, Field(discriminator="type")]
+_FRAME: TypeAdapter[AnyFrame] = TypeAdapter(ClientFrame)
 
 
 class _Envelope(BaseModel):
@@ -63,9 +72,7 @@ class FrameError(ApiError):
         self.request_id = request_id
 
 
-def parse_frame(
-    text: str | None, *, max_bytes: int, max_chars: int
-) -> ChatFrame | CancelFrame | PingFrame:
+def parse_frame(text: str | None, *, max_bytes: int, max_chars: int) -> AnyFrame:
     if text is None:
         raise FrameError("validation_error", "frame: frames are JSON text, not binary")
     # surrogatepass: a ``str`` may hold unpaired surrogates (not from a real socket, which
@@ -98,7 +105,9 @@ def _refused(text: str, exc: ValidationError) -> FrameError:
     request_id = raw_id if isinstance(raw_id, str) and REQUEST_ID.match(raw_id) else None
     if envelope.type not in FRAME_TYPES:
         return FrameError(
-            "validation_error", "type: must be one of chat, cancel, ping", request_id=request_id
+            "validation_error",
+            f"type: must be one of {', '.join(FRAME_TYPES)}",
+            request_id=request_id,
         )
     message = describe(exc).removeprefix(f"{envelope.type}.")
     return FrameError("validation_error", message, request_id=request_id)

@@ -9,6 +9,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from src.services.database import repositories as repo
 from src.services.llm import LLM
 from src.web.answers import Live, Ready
 from src.web.openapi import Operation, documented
@@ -78,7 +79,12 @@ async def _probe(check: Callable[[], Awaitable[T]]) -> T | bool | None:
     )
 )
 async def metrics(request: Request) -> Response:
+    container = container_of(request)
+    paused = await _probe(
+        lambda: container.database().read(repo.count_awaiting_approval)
+    )  # counted in the database, so that every host says the same
+    if isinstance(paused, int) and not isinstance(paused, bool):
+        container.metrics().runs_awaiting_approval.set(paused)
     return Response(
-        container_of(request).metrics().render(),
-        media_type="text/plain; version=0.0.4; charset=utf-8",
+        container.metrics().render(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

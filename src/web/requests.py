@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
 from src.container import AppContainer
+from src.services.approvals import ApprovalService
 from src.services.chat import ChatService
 from src.services.threads import ThreadService
 from src.settings import Settings
@@ -29,6 +30,12 @@ def chat_of(conn: HTTPConnection) -> ChatService:
     """The request's message and run use cases (from its request scope)."""
     chat: ChatService = container_of(conn).request.chat()
     return chat
+
+
+def approval_of(conn: HTTPConnection) -> ApprovalService:
+    """The request's decisions on paused runs (from its request scope)."""
+    approval: ApprovalService = container_of(conn).request.approval()
+    return approval
 
 
 def threads_of(conn: HTTPConnection) -> ThreadService:

@@ -65,5 +65,6 @@ ROUTES = [
     Route("/api/runs/{id}/events", runs.list_events, methods=["GET"]),
     Route("/api/runs/{id}/stream", runs.stream_run, methods=["GET"]),
     Route("/api/runs/{id}/cancel", runs.cancel_run, methods=["POST"]),
+    Route("/api/runs/{id}/approvals", runs.decide, methods=["POST"]),
     WebSocketRoute("/ws", websocket_endpoint),
 ]

@@ -12,10 +12,17 @@ from src.services.auth import Caller
 from src.web import sse
 from src.web.answers import EventList, RunAndAnswer, RunAnswer
 from src.web.auth import authenticated
-from src.web.bodies import NewMessage, check_content, read_json
-from src.web.detached import start_detached
+from src.web.bodies import Approvals, NewMessage, check_content, read_json
+from src.web.detached import resume_detached, start_detached
 from src.web.openapi import Operation, Param, documented
-from src.web.requests import chat_of, container_of, json_response, seq_param, settings_of
+from src.web.requests import (
+    approval_of,
+    chat_of,
+    container_of,
+    json_response,
+    seq_param,
+    settings_of,
+)
 
 # What the OpenAPI document says of what is not JSON.
 EVENT_STREAM = {
@@ -180,6 +187,31 @@ async def stream_run(request: Request) -> Response:
         run_id=run.id,
         after=after,
     )
+
+
+@documented(
+    Operation(
+        "Decide on a paused run's calls: approve, reject or edit; the last decision resumes it",
+        {202: RunAnswer},
+        body=Approvals,
+        errors=("conflict",),
+    )
+)
+async def decide(request: Request) -> Response:
+    """202 with the run: ``running`` when these decisions completed the turn (it goes on in the
+    background, on this host), else still ``awaiting_approval``."""
+    caller = await authenticated(request)
+    body = await read_json(request, Approvals, max_bytes=settings_of(request).max_body_bytes)
+    run, resumed = await approval_of(request).decide(
+        caller=caller,
+        run_id=request.path_params["id"],
+        decisions=[decision.as_decision() for decision in body.decisions],
+        request_id=request.state.request_id,
+    )
+    if resumed is not None:
+        resume_detached(container_of(request), resumed)
+    answer: RunAnswer = {"run": run.to_json()}
+    return json_response(answer, 202)
 
 
 @documented(Operation("Cancel a running run", {202: RunAnswer}, errors=("conflict",)))

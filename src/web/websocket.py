@@ -31,14 +31,15 @@ from src.container import AppContainer, request_scope
 from src.logs import bind, log_failure
 from src.runs.domain import Run
 from src.runs.follower import KEEPALIVE, Follower
+from src.services.approvals import ApprovalService
 from src.services.auth import Caller, TicketCheckUnavailable
 from src.services.broker import Frame, Subscription
-from src.services.chat import ChatService
 from src.services.errors import ChatError, RateLimited, Unauthorized
 from src.services.limits import SocketCounter
 from src.web.auth import BEARER_SUBPROTOCOL, bearer_subprotocol, find_caller
+from src.web.detached import resume_detached
 from src.web.errors import DATABASE_UNAVAILABLE
-from src.web.frames import CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
+from src.web.frames import ApproveFrame, CancelFrame, ChatFrame, FrameError, PingFrame, parse_frame
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,14 @@ class Connection:
                 # Never rate-limited, and never cancelled with the socket: it is what the user
                 # asked for, and it ends quickly.
                 self._start(self._cancel(frame, outbox), cancel_on_close=False)
-            elif await self._within_rate_limit(frame, outbox):
+            elif not await self._within_rate_limit(frame, outbox):
                 # Awaited here, in the reader, so that frames are counted in the order they came.
+                return
+            elif isinstance(frame, ApproveFrame):
+                # A decision resumes its run in a scope of its own: the socket's close never
+                # cancels what a person decided.
+                self._start(self._approve(frame, outbox), cancel_on_close=False)
+            else:
                 cancel_on_close = frame.on_disconnect == "cancel"
                 self._start(self._chat(frame, outbox), cancel_on_close=cancel_on_close)
         except FrameError as exc:
@@ -181,7 +188,9 @@ class Connection:
             contextvars.copy_context().run(log_it, exc)
             outbox.offer(_error_frame("internal_error", "an internal error occurred", request_id))
 
-    async def _within_rate_limit(self, frame: ChatFrame, outbox: Subscription) -> bool:
+    async def _within_rate_limit(
+        self, frame: ChatFrame | ApproveFrame, outbox: Subscription
+    ) -> bool:
         try:
             await self._rate_limiter.check(self._user_id)
         except RateLimited as exc:
@@ -202,7 +211,7 @@ class Connection:
         request_id = frame.request_id or str(uuid.uuid4())
         bind(request_id=request_id)  # this task's context: the run's log lines carry it
         await self._in_scope(
-            lambda chat: chat.send_message(
+            lambda: self._container.request.chat().send_message(
                 caller=self._caller,
                 thread_id=frame.thread_id,
                 content=frame.content,
@@ -221,22 +230,42 @@ class Connection:
 
     async def _cancel(self, frame: CancelFrame, outbox: Subscription) -> None:
         await self._in_scope(
-            lambda chat: chat.cancel_run(user_id=self._user_id, run_id=frame.run_id),
+            lambda: self._container.request.chat().cancel_run(
+                user_id=self._user_id, run_id=frame.run_id
+            ),
             outbox,
             request_id=frame.request_id,
         )
 
+    async def _approve(self, frame: ApproveFrame, outbox: Subscription) -> None:
+        """Decisions about a paused run's calls; the turn's last resumes the run. The answer is
+        the run's `approval_resolved` events (and, resumed, the rest of its events)."""
+        request_id = frame.request_id or str(uuid.uuid4())
+        bind(request_id=request_id)
+
+        async def decide() -> None:
+            approval: ApprovalService = self._container.request.approval()
+            _, resumed = await approval.decide(
+                caller=self._caller,
+                run_id=frame.run_id,
+                decisions=[d.as_decision() for d in frame.decisions],
+                request_id=request_id,
+            )
+            if resumed is not None:
+                resume_detached(self._container, resumed)
+
+        await self._in_scope(decide, outbox, request_id=frame.request_id)
+
     async def _in_scope(
         self,
-        use_case: Callable[[ChatService], Awaitable[object]],
+        use_case: Callable[[], Awaitable[object]],
         outbox: Subscription,
         *,
         request_id: str | None,
     ) -> None:
         try:
             async with request_scope(self._container, request_id=request_id):
-                chat: ChatService = self._container.request.chat()
-                await use_case(chat)
+                await use_case()
         except ChatError as exc:
             outbox.offer(_error_frame(exc.code, exc.message, request_id, details=exc.details))
         except DATABASE_UNAVAILABLE:

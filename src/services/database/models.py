@@ -22,7 +22,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Every status of a run (docs/api.md, "Objects"); the database refuses any other.
-from src.runs.domain import RUN_STATUSES
+from src.runs.domain import ACTIVE_STATUSES, RUN_STATUSES
+
+# The runs that hold their thread: one at a time.
+ACTIVE_WHERE = "status IN ({})".format(", ".join(f"'{status}'" for status in ACTIVE_STATUSES))
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -105,16 +108,21 @@ class RunRow(Base):
     # What the run's model calls used, written with its end (null when none reported usage).
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # A run awaiting approval: what it needs to go on (JSON, src/runs/approvals.py), and when
+    # it expires if nobody decides; null otherwise.
+    pause_state: Mapped[str | None] = mapped_column(Text)
+    pause_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
-        # The database, not the code, guarantees one running run per thread: two workers
-        # racing to start a run on the same thread cannot both succeed.
+        # The database, not the code, guarantees one active run (running, or paused for
+        # approval) per thread: two workers racing to start a run on the same thread cannot
+        # both succeed.
         Index(
-            "uq_runs_one_running_per_thread",
+            "uq_runs_one_active_per_thread",
             "thread_id",
             unique=True,
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
+            sqlite_where=text(ACTIVE_WHERE),
+            postgresql_where=text(ACTIVE_WHERE),
         ),
         Index("ix_runs_status", "status"),
         # Named ck_runs_status by the naming convention. A writer with a typo in a status
@@ -137,8 +145,29 @@ class RunEventRow(Base):
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class RunApprovalRow(Base):
+    """A tool call of a paused run that waits for a person, and what they decided."""
+
+    __tablename__ = "run_approvals"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    # Which pause of the run (the seq of its first approval_requested event): a run may pause
+    # again, and a model may use a call id again.
+    pause: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    call_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tool: Mapped[str] = mapped_column(String(200))
+    input: Mapped[str] = mapped_column(Text)  # the arguments, as the model wrote them (JSON)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decision: Mapped[str | None] = mapped_column(String(16))  # approve, reject, edit
+    edited_input: Mapped[str | None] = mapped_column(Text)  # edit: the arguments to run instead
+    message: Mapped[str | None] = mapped_column(Text)  # reject: what the model is told
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 # The tables, for SQLAlchemy Core statements (nothing goes through the ORM's unit of work).
 THREADS: Table = ThreadRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
 MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
 RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
+APPROVALS: Table = RunApprovalRow.__table__  # type: ignore[assignment]

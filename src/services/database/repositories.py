@@ -17,11 +17,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import Row, and_, delete, insert, or_, select, update
+from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from src.runs.domain import Event, Message, Run, RunError, RunStatus, Thread, Usage
-from src.services.database.models import EVENTS, MESSAGES, RUNS, THREADS
+from src.runs.domain import (
+    ACTIVE_STATUSES,
+    Event,
+    Message,
+    Run,
+    RunError,
+    RunStatus,
+    Thread,
+    Usage,
+)
+from src.services.database.models import APPROVALS, EVENTS, MESSAGES, RUNS, THREADS
 
 T = TypeVar("T")
 
@@ -105,9 +114,10 @@ def _page(items: list[Any], limit: int) -> Page[Any]:
 
 # threads
 
-# A thread with the id of its running run (or NULL): the partial unique index allows one.
+# A thread with the id of its active run (running or paused; or NULL): the partial unique
+# index allows one.
 _THREADS_WITH_RUN = select(THREADS, RUNS.c.id.label("active_run_id")).outerjoin(
-    RUNS, and_(RUNS.c.thread_id == THREADS.c.id, RUNS.c.status == "running")
+    RUNS, and_(RUNS.c.thread_id == THREADS.c.id, RUNS.c.status.in_(ACTIVE_STATUSES))
 )
 
 
@@ -153,19 +163,20 @@ def rename_thread(conn: Connection, *, thread_id: str, user_id: str, title: str)
 
 def delete_idle_thread(conn: Connection, *, thread_id: str, user_id: str) -> bool | None:
     """Delete the user's thread with its messages, runs and events, unless a run of it is
-    running: True when deleted, False when a run is running, None when there is no such
-    thread. Explicit deletes, child rows first: SQLite enforces no foreign keys here."""
+    active (running, or paused for approval): True when deleted, False when a run is active,
+    None when there is no such thread. Explicit deletes, child rows first."""
     owned = conn.scalar(
         select(THREADS.c.id).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
     )
     if owned is None:
         return None
-    running = conn.scalar(
-        select(RUNS.c.id).where(RUNS.c.thread_id == thread_id, RUNS.c.status == "running")
+    active = conn.scalar(
+        select(RUNS.c.id).where(RUNS.c.thread_id == thread_id, RUNS.c.status.in_(ACTIVE_STATUSES))
     )
-    if running is not None:
+    if active is not None:
         return False
     runs = select(RUNS.c.id).where(RUNS.c.thread_id == thread_id).scalar_subquery()
+    conn.execute(delete(APPROVALS).where(APPROVALS.c.run_id.in_(runs)))
     conn.execute(delete(EVENTS).where(EVENTS.c.run_id.in_(runs)))
     conn.execute(delete(RUNS).where(RUNS.c.thread_id == thread_id))
     conn.execute(delete(MESSAGES).where(MESSAGES.c.thread_id == thread_id))
@@ -178,8 +189,17 @@ def delete_idle_thread(conn: Connection, *, thread_id: str, user_id: str) -> boo
 
 def assistant_message(conn: Connection, *, run_id: str) -> Message | None:
     """The answer a completed run stored."""
+    return _message_of_run(conn, run_id=run_id, role="assistant")
+
+
+def user_message(conn: Connection, *, run_id: str) -> Message | None:
+    """The message that started a run."""
+    return _message_of_run(conn, run_id=run_id, role="user")
+
+
+def _message_of_run(conn: Connection, *, run_id: str, role: str) -> Message | None:
     row = conn.execute(
-        select(MESSAGES).where(MESSAGES.c.run_id == run_id, MESSAGES.c.role == "assistant")
+        select(MESSAGES).where(MESSAGES.c.run_id == run_id, MESSAGES.c.role == role)
     ).first()
     return None if row is None else message_of(row)
 
@@ -254,6 +274,11 @@ def run_events(conn: Connection, *, run_id: str, user_id: str, after: int) -> li
     if owned is None:
         return None
     return list_events(conn, run_id=run_id, user_id=user_id, after=after)
+
+
+def count_awaiting_approval(conn: Connection) -> int:
+    """How many runs wait for a person, of every user (for the gauge every host agrees on)."""
+    return int(conn.scalar(select(func.count()).where(RUNS.c.status == "awaiting_approval")) or 0)
 
 
 def runs_since(conn: Connection, *, user_id: str, since: datetime) -> list[str]:

@@ -15,7 +15,8 @@ through the agent loop's real code path:
 - with no tools, it answers simply, saying what it is.
 
 A tool's error it does not try to get past: it answers nothing, so the run fails with the
-tool's reason (``tool_error``). It never answers a number it did not get from the calculator.
+tool's reason (``tool_error``). A call a person declined (approvals) it says it did not make.
+It never answers a number it did not get from the calculator.
 Usage is counted in words, the offline model's tokens. Same input, same output, always.
 """
 
@@ -134,7 +135,12 @@ def _answer_from(results: Sequence[ChatMessage], this_run: Sequence[ChatMessage]
         if _is_error(result.content):
             return ""
         call = calls.get(result.tool_call_id or "")
-        if call is not None and call.name == CALCULATOR:
+        refusal = _refusal(result.content)
+        if refusal is not None:
+            # Declined by a person: said plainly, never answered as if the tool had run.
+            what = "calculate that" if call and call.name == CALCULATOR else "use that tool"
+            lines.append(f"I did not {what}: it was declined ({refusal}).")
+        elif call is not None and call.name == CALCULATOR:
             lines.append(f"{json.loads(call.arguments)['expression']} = {result.content}")
         elif result.content == NO_EARLIER_MESSAGES:
             lines.append("This is the first thing you have asked in this conversation.")
@@ -147,11 +153,22 @@ def _answer_from(results: Sequence[ChatMessage], this_run: Sequence[ChatMessage]
 
 
 def _is_error(content: str) -> bool:
+    return _only_key(content, "error") is not None
+
+
+def _refusal(content: str) -> str | None:
+    """What a person said declining the call (a tool result ``{"refused": ...}``), if so."""
+    return _only_key(content, "refused")
+
+
+def _only_key(content: str, key: str) -> str | None:
     try:
         parsed = json.loads(content)
     except ValueError:
-        return False
-    return isinstance(parsed, dict) and set(parsed) == {"error"}
+        return None
+    if isinstance(parsed, dict) and set(parsed) == {key}:
+        return str(parsed[key])
+    return None
 
 
 def _call(name: str, arguments: dict[str, str]) -> Reply:

@@ -1,0 +1,145 @@
+"""Deciding on a paused run's calls: approve, reject (with what the model is told) or edit
+(other arguments, checked against the tool's input model like any call). Any host takes a
+decision; the one that takes the last decision of the turn resumes the run
+(``src/runs/approvals.py``, ``ChatService.resume_run``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+from src.agents.base import Agent
+from src.runs import ledger
+from src.runs.approvals import Resumed
+from src.runs.domain import Decision, PendingCall, Run, RunContext, utcnow
+from src.runs.leases import Lease
+from src.runs.registry import RunRegistry
+from src.services.auth import Caller
+from src.services.broker import EventBroker
+from src.services.database import repositories as repo
+from src.services.database.engine import Transactions
+from src.services.errors import Conflict, Invalid, NotFound
+from src.services.metrics import Metrics
+from src.services.threads import is_uuid
+
+log = logging.getLogger(__name__)
+
+AgentOfRoute = Callable[[RunContext, str | None], Agent]
+
+
+class ApprovalService:
+    def __init__(
+        self,
+        *,
+        transactions: Transactions,
+        agent_of_route: AgentOfRoute,
+        runs: RunRegistry,
+        broker: EventBroker,
+        lease: Lease,
+        metrics: Metrics,
+    ) -> None:
+        self._tx = transactions
+        self._agent_of_route = agent_of_route
+        self._runs = runs
+        self._broker = broker
+        self._lease = lease
+        self._metrics = metrics
+
+    async def decide(
+        self, *, caller: Caller, run_id: str, decisions: Sequence[Decision], request_id: str | None
+    ) -> tuple[Run, Resumed | None]:
+        """Store ``decisions`` about the caller's paused run (one ``approval_resolved`` event
+        each); the run as it is after, and, when they were the turn's last, its resumption for
+        the caller to start. ``NotFound`` (another user's run), ``Conflict`` (not paused, or a
+        call decided already), ``Invalid`` (a call that is not pending, an edit that does not
+        fit its tool)."""
+        run = await self._paused_run(caller.user_id, run_id)
+        pending = {c.call_id: c for c in await self._tx.read(ledger.pending_calls, run_id=run.id)}
+        content = await self._tx.read(repo.user_message, run_id=run.id)
+        context = RunContext(
+            run_id=run.id,
+            thread_id=run.thread_id,
+            user_id=run.user_id,
+            request_id=request_id,
+            grants=caller.grants,
+            content="" if content is None else content.content,
+        )
+        self._check_edits(context, run.route, decisions, pending)
+        now = utcnow()
+        self._runs.starting(run.id)  # a cancel of the resumed run reaches its task
+        try:
+            decided = await self._tx.write(
+                ledger.decide,
+                run_id=run.id,
+                user_id=caller.user_id,
+                decisions=decisions,
+                decided_by=caller.user_id,
+                ts=now,
+                owner_id=self._lease.owner_id,
+                lease_until=self._lease.until(now),
+            )
+        except BaseException:
+            self._runs.not_started(run.id)
+            raise
+        for decision in decisions:
+            self._metrics.approval_decided(decision.decision)
+            log.info(
+                "%s decided %s on call %s of run %s",
+                caller.user_id,
+                decision.decision,
+                decision.call_id,
+                run.id,
+            )
+        for event in decided.events:
+            try:
+                await self._broker.publish(run.user_id, event)
+            except Exception as exc:  # stored: followers get it from the store
+                log.warning("publishing a decision on run %s failed: %s", run.id, repr(exc))
+        after = await self._tx.read(repo.get_run, run_id=run.id, user_id=caller.user_id)
+        assert after is not None
+        if decided.resumed is None:
+            self._runs.not_started(run.id)
+            return after, None
+        state, route, every = decided.resumed
+        return after, Resumed(context=context, route=route, state=state, decisions=every)
+
+    async def _paused_run(self, user_id: str, run_id: str) -> Run:
+        run = None
+        if is_uuid(run_id):
+            run = await self._tx.read(repo.get_run, run_id=run_id, user_id=user_id)
+        if run is None:
+            raise NotFound("run not found")
+        if run.status != "awaiting_approval":
+            raise Conflict(f"the run is not awaiting approval ({run.status})", run=run.to_json())
+        return run
+
+    def _check_edits(
+        self,
+        context: RunContext,
+        route: str | None,
+        decisions: Sequence[Decision],
+        pending: dict[str, PendingCall],
+    ) -> None:
+        """An edit's arguments must fit its tool's input model, as a model's would; checked
+        on the tool itself (built as the run would build it)."""
+        agent: Agent | None = None
+        for n, decision in enumerate(decisions):
+            call = pending.get(decision.call_id)
+            if decision.decision != "edit" or call is None:
+                continue  # a call id that is not pending is refused with the decisions
+            if decision.arguments is None:
+                raise Invalid(f"decisions[{n}].input: an edit gives the arguments to run")
+            agent = agent or self._agent_of_route(context, route)
+            tool = agent.tool(call.tool)
+            if tool is None:
+                raise Invalid(f"decisions[{n}].call_id: its tool {call.tool!r} is gone")
+            try:
+                tool.parse(decision.arguments)
+            except Exception as exc:
+                raise Invalid(f"decisions[{n}].input: {exc}") from None
+
+
+def arguments_of(value: object) -> str:
+    """An edit's ``input`` (a JSON object) as the arguments text a model would write."""
+    return json.dumps(value, ensure_ascii=False)
