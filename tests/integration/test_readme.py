@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from dependency_injector import providers
 
+from src.agents.approval import ApprovalPolicy
 from src.agents.tool import Tool
 from src.container import AppContainer
 from src.plugins import plug_in, plugin_class
@@ -117,3 +119,34 @@ async def test_the_curl_examples_run_as_printed(live_server: str, tmp_path: Path
     assert "event: run_completed\ndata: " in sse and '"content":"2 + 2 = 4"' in sse
     assert re.search(r'^"(cancelled|conflict)"$', text, re.M)
     assert re.search(r"^event: run_(cancelled|completed)$", text, re.M)
+
+
+@pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq"
+)
+async def test_the_approvals_example_runs_as_printed(
+    container: AppContainer, live_server: str, tmp_path: Path
+) -> None:
+    """README's "Approvals" session against a server whose calculator waits for approval: the
+    message answers at the pause, the call is read from the run's events, approved, and the
+    run's stream ends with the answer. Every printed comment is what the line above prints."""
+    container.approvals.override(providers.Object(ApprovalPolicy(["calculator"])))
+    [code] = blocks(section("Approvals"), "sh")
+    script = tmp_path / "approvals.sh"
+    script.write_text("set -euo pipefail\n" + code)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        str(script),
+        env={**os.environ, "API": f"http://{live_server}"},
+        stdout=PIPE,
+        stderr=PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, err.decode()
+    # What README says each command prints: its "# ..." lines (without a remark in brackets).
+    said = [
+        line.removeprefix("# ").split("  (")[0] for line in code.splitlines() if line[:2] == "# "
+    ]
+    assert out.decode().splitlines() == said
+    assert said[-1] == "6 * 7 = 42"

@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from dependency_injector import providers
 
+from src.agents.approval import ApprovalPolicy
 from src.container import AppContainer, build_container, shutdown
 from src.settings import Settings
 from src.web.app import create_app
@@ -260,3 +262,39 @@ async def test_cors_preflight_is_allowed_only_for_configured_origins(
         assert "access-control-allow-origin" not in simple.headers
     assert other.status_code in (400, 405)
     assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_stream_ends_when_its_run_pauses_and_goes_on_after_the_decision(
+    container: AppContainer, http: httpx.AsyncClient
+) -> None:
+    """A run that waits for approval ends its stream after its `approval_requested` events
+    (a person may take a day); after the decision, following it again from `Last-Event-ID`
+    gives the rest, each event once, to the final one."""
+    container.approvals.override(providers.Object(ApprovalPolicy(["calculator"])))
+    headers = auth(container, "alice")
+    thread_id = await new_thread(http, headers)
+    streamed = headers | {"Accept": "text/event-stream"}
+    async with http.stream(
+        "POST",
+        f"/api/threads/{thread_id}/messages",
+        json={"content": "what is 6 * 7?"},
+        headers=streamed,
+    ) as response:
+        before = events(await read_sse(response.aiter_lines()))
+    assert before[-1]["type"] == "approval_requested"
+    assert [e["seq"] for e in before] == list(range(1, len(before) + 1))
+    run_id, call_id = before[-1]["run_id"], before[-1]["data"]["call_id"]
+
+    decided = await http.post(
+        f"/api/runs/{run_id}/approvals",
+        json={"decisions": [{"call_id": call_id, "decision": "approve"}]},
+        headers=headers,
+    )
+    assert decided.status_code == 202
+    resumed = streamed | {"Last-Event-ID": str(before[-1]["seq"])}
+    async with http.stream("GET", f"/api/runs/{run_id}/stream", headers=resumed) as response:
+        after = events(await read_sse(response.aiter_lines()))
+    assert [e["seq"] for e in before + after] == list(range(1, len(before) + len(after) + 1))
+    assert after[0]["type"] == "approval_resolved"
+    assert after[-1]["type"] == "run_completed"
+    assert after[-1]["data"]["message"]["content"] == "6 * 7 = 42"
