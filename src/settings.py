@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     # old (its process died or lost the database) is ended `interrupted` by any live process.
     run_lease_s: float = Field(default=15.0, ge=1)
     # Tools whose every call waits for a person's approval (names, comma-separated; `*`: all).
-    approval_tools: str = Field(default="", pattern=r"^\s*(\*|[\w.-]+)?\s*(,\s*(\*|[\w.-]+)\s*)*$")
+    approval_tools: str = ""
     # A run that waits for approval longer than this is ended `failed` / `approval_expired`.
     approval_timeout_s: float = Field(default=86400.0, gt=0)
     # On SIGTERM / Ctrl-C: how long runs in flight may go on before they are ended `cancelled`.
@@ -185,6 +185,17 @@ class Settings(BaseSettings):
                 "with memory:// events and cancels never reach the other workers"
             )
         return self
+
+    @field_validator("approval_tools")
+    @classmethod
+    def _tool_names(cls, value: str) -> str:
+        for name in (n.strip() for n in value.split(",") if n.strip()):
+            if name != "*" and not re.fullmatch(r"[\w.-]{1,200}", name):
+                raise ValueError(
+                    "expected tool names (letters, digits, _ . -) separated by commas, or *; "
+                    f"got {name[:SHOWN_INPUT_CHARS]!r}"
+                )
+        return value
 
     @field_validator("cors_origins")
     @classmethod

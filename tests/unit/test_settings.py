@@ -75,6 +75,15 @@ def problems(monkeypatch: pytest.MonkeyPatch, **variables: str) -> list[str]:
             "ISOCHAT_LLM_PROVIDER: expected offline or openai, got 'anthropic'",
         ),
         (
+            {"APPROVAL_TOOLS": "calculator, send mail"},
+            "ISOCHAT_APPROVAL_TOOLS: expected tool names (letters, digits, _ . -) separated "
+            "by commas, or *; got 'send mail'",
+        ),
+        (
+            {"APPROVAL_TIMEOUT_S": "0"},
+            "ISOCHAT_APPROVAL_TIMEOUT_S: expected a number greater than 0, got '0'",
+        ),
+        (
             {"MAX_MESSAGE_CHARS": "x" * 100},
             "ISOCHAT_MAX_MESSAGE_CHARS: expected a whole number of at least 1, "
             f"got '{'x' * 60}...'",
