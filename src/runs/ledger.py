@@ -465,7 +465,7 @@ def decide(
     seen: set[str] = set()
     for n, decision in enumerate(decisions):
         if decision.call_id not in decided:
-            raise Invalid(f"decisions[{n}].call_id: not a pending call of this run")
+            raise Invalid(f"decisions.{n}.call_id: not a pending call of this run")
         if decided[decision.call_id] is not None or decision.call_id in seen:
             raise Conflict(f"call {decision.call_id} has already been decided")
         seen.add(decision.call_id)
@@ -489,7 +489,7 @@ def decide(
                 thread_id=run.thread_id,
                 type_="approval_resolved",
                 agent=None,
-                data={"call_id": decision.call_id, "decision": decision.decision},
+                data=_resolved(decision),
                 ts=ts,
                 in_status="awaiting_approval",
             )
@@ -510,6 +510,17 @@ def decide(
         events,
         (state, route, tuple(Decision(c, d, a, m) for c, d, a, m in every)),
     )
+
+
+def _resolved(decision: Decision) -> dict[str, Any]:
+    """``approval_resolved``'s data: the call and the decision, and what went with it (the
+    arguments an edit gave, the reason a rejection gave), so every tab can show it."""
+    data: dict[str, Any] = {"call_id": decision.call_id, "decision": decision.decision}
+    if decision.arguments is not None:
+        data["input"] = json.loads(decision.arguments)
+    if decision.message is not None:
+        data["message"] = decision.message
+    return data
 
 
 def expired_pauses(conn: Connection, *, now: datetime, limit: int = 100) -> list[Run]:

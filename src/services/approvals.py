@@ -129,15 +129,15 @@ class ApprovalService:
             if decision.decision != "edit" or call is None:
                 continue  # a call id that is not pending is refused with the decisions
             if decision.arguments is None:
-                raise Invalid(f"decisions[{n}].input: an edit gives the arguments to run")
+                raise Invalid(f"decisions.{n}.input: an edit gives the arguments to run")
             agent = agent or self._agent_of_route(context, route)
             tool = agent.tool(call.tool)
             if tool is None:
-                raise Invalid(f"decisions[{n}].call_id: its tool {call.tool!r} is gone")
+                raise Invalid(f"decisions.{n}.call_id: its tool {call.tool!r} is gone")
             try:
                 tool.parse(decision.arguments)
             except Exception as exc:
-                raise Invalid(f"decisions[{n}].input: {exc}") from None
+                raise Invalid(f"decisions.{n}.input: {exc}") from None
 
 
 def arguments_of(value: object) -> str:

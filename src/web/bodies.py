@@ -21,6 +21,8 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
@@ -94,14 +96,25 @@ class DecisionBody(Body):
     # reject: what the model is told
     message: Annotated[StoredText, StringConstraints(max_length=MAX_REFUSAL_CHARS)] | None = None
 
+    # A client that sends arguments with an approval believes they will run: refused, not
+    # ignored (likewise a reason with anything but a rejection).
+    @field_validator("input")
+    @classmethod
+    def _only_an_edit(cls, value: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("decision") != "edit":
+            raise PydanticCustomError("edit_only", "only an edit takes input")
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _only_a_rejection(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("decision") != "reject":
+            raise PydanticCustomError("reject_only", "only a rejection takes a message")
+        return value
+
     def as_decision(self) -> Decision:
         arguments = None if self.input is None else json.dumps(self.input, ensure_ascii=False)
-        return Decision(
-            call_id=self.call_id,
-            decision=self.decision,
-            arguments=arguments if self.decision == "edit" else None,
-            message=self.message if self.decision == "reject" else None,
-        )
+        return Decision(self.call_id, self.decision, arguments=arguments, message=self.message)
 
 
 Decisions = Annotated[list[DecisionBody], Field(min_length=1, max_length=MAX_DECISIONS)]

@@ -172,6 +172,8 @@ async def test_a_rejected_call_is_told_to_the_model_and_never_runs(host: Host) -
     }
     assert (await host.decide(run["id"], refusal)).status_code == 202
     ended = await host.ended(run["id"])
+    [resolved] = [e for e in await host.events(run["id"]) if e["type"] == "approval_resolved"]
+    assert resolved["data"] == refusal  # every tab can say why
 
     assert ended["status"] == "completed"
     events = await host.events(run["id"])
@@ -193,7 +195,7 @@ async def test_an_edit_runs_other_arguments_and_a_bad_edit_changes_nothing(host:
         refused = await host.decide(run["id"], edit)
         assert refused.status_code == 422, refused.text
         assert refused.json()["error"]["code"] == "validation_error"
-        assert refused.json()["error"]["message"].startswith("decisions[0].input")
+        assert refused.json()["error"]["message"].startswith("decisions.0.input")
     assert await host.events(run["id"]) == before
     assert (await host.run(run["id"]))["status"] == "awaiting_approval"
 
@@ -201,16 +203,26 @@ async def test_an_edit_runs_other_arguments_and_a_bad_edit_changes_nothing(host:
     assert (await host.decide(run["id"], edit)).status_code == 202
     assert (await host.ended(run["id"]))["status"] == "completed"
     events = await host.events(run["id"])
+    [resolved] = [e for e in events if e["type"] == "approval_resolved"]
+    assert resolved["data"] == edit
     [executing] = [e for e in events if e["type"] == "tool_executing"]
     assert json.loads(executing["data"]["input"]) == {"expression": "3 + 3"}
     assert events[-1]["data"]["message"]["content"] == "3 + 3 = 6"
 
 
 async def test_decisions_that_cannot_be_taken(host: Host) -> None:
-    """Another user's run is 404; a call id that is not pending is 422; a run that is not
-    paused is 409 `conflict`; no decision is stored for any of them."""
+    """Another user's run is 404; a call id that is not pending is 422, and so is input with
+    anything but an edit, or a reason with anything but a rejection; a run that is not paused
+    is 409 `conflict`; no decision is stored for any of them."""
     run, [requested] = await paused(host, "what is 2 + 2?")
     call_id = requested["data"]["call_id"]
+    for mixed, said in (
+        ({"decision": "approve", "input": {"expression": "9*9"}}, "input: only an edit"),
+        ({"decision": "edit", "input": {"expression": "1"}, "message": "x"}, "message: only"),
+    ):
+        refused = await host.decide(run["id"], {"call_id": call_id} | mixed)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["message"].startswith(f"decisions.0.{said}")
     path = f"/api/runs/{run['id']}/approvals"
     approve = {"decisions": [{"call_id": call_id, "decision": "approve"}]}
     theirs = await host.post(path, approve, user="mallory")
@@ -218,7 +230,7 @@ async def test_decisions_that_cannot_be_taken(host: Host) -> None:
     unknown = await host.decide(run["id"], {"call_id": "call_nope", "decision": "approve"})
     assert unknown.status_code == 422
     assert unknown.json()["error"]["message"] == (
-        "decisions[0].call_id: not a pending call of this run"
+        "decisions.0.call_id: not a pending call of this run"
     )
     assert types(await host.events(run["id"]))[-1] == "approval_requested"
 
