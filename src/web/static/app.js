@@ -7,11 +7,16 @@
 // replays its stored events and follows it live. Every event is applied once, in seq order:
 // one that arrives twice (replay and live) is dropped, one that arrives early waits for the
 // ones before it, and a gap is filled from `GET /api/runs/{id}/events?after=N` (the server
-// fills what its live stream missed; a reload replays what the page never saw).
+// fills what its live stream missed; a reload replays what the page never saw). A run that
+// waits for a person's approval is followed the same way (approvals.js).
+
+import { WAITING, approvalCards, decided, trackApproval } from "./approvals.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "isochat.token";
 const FINAL = new Set(["run_completed", "run_failed", "run_cancelled"]);
+const BUSY = new Set(["running", WAITING]); // the thread is busy: no new message, cancel offered
+const STATUS_TEXT = { [WAITING]: "waiting for your approval" };
 const MAX_BACKOFF_MS = 10000;
 
 const state = {
@@ -150,6 +155,12 @@ async function loadThreads(more = false) {
   }
   state.threadsCursor = page.next_cursor;
   renderThreads();
+  // A run that is busy elsewhere (perhaps waiting for this person) is followed too.
+  for (const thread of page.threads) {
+    if (thread.active_run_id && !state.runs.has(thread.active_run_id)) {
+      replay(runOf(thread.active_run_id, thread.id));
+    }
+  }
 }
 
 function renderThreads() {
@@ -164,10 +175,11 @@ function renderThreads() {
       button.dataset.threadId = id;
       if (id === state.current) button.setAttribute("aria-current", "true");
       if (thread.active_run_id) {
+        const waiting = state.runs.get(thread.active_run_id)?.status === WAITING;
         const busy = document.createElement("span");
-        busy.className = "busy";
-        busy.textContent = " \u25cf";
-        busy.title = "a run is in progress";
+        busy.className = waiting ? "busy waiting" : "busy";
+        busy.textContent = waiting ? " \u25cf needs your approval" : " \u25cf";
+        busy.title = waiting ? "a run waits for your approval" : "a run is in progress";
         button.append(busy);
       }
       button.addEventListener("click", () => selectThread(id));
@@ -267,6 +279,7 @@ function runOf(runId, threadId) {
       events: [],
       text: "", // the answer as it streams: the agent_thinking texts joined
       status: "running",
+      approvals: new Map(), // call id -> its approval_requested event, while it waits
       error: null,
       requestId: null,
       replaying: null,
@@ -304,6 +317,7 @@ function replay(run) {
 
 function apply(run, event) {
   run.events.push(event);
+  trackApproval(run, event, FINAL.has(event.type));
   const thread = state.threads.get(run.threadId);
   switch (event.type) {
     case "run_started":
@@ -337,7 +351,9 @@ function apply(run, event) {
   }
   if (FINAL.has(event.type) && thread && thread.active_run_id === run.id) thread.active_run_id = null;
   if (run.threadId === state.current) render();
-  else if (event.type === "run_started" || FINAL.has(event.type)) renderThreads();
+  else if (event.type === "run_started" || event.type.startsWith("approval_") || FINAL.has(event.type)) {
+    renderThreads();
+  }
 }
 
 // --- the socket -----------------------------------------------------------------------------
@@ -357,7 +373,7 @@ async function connect() {
   socket.addEventListener("open", () => {
     state.backoffMs = 500;
     // Whatever happened while the page was not listening is stored: catch up.
-    for (const run of state.runs.values()) if (run.status === "running") replay(run);
+    for (const run of state.runs.values()) if (BUSY.has(run.status)) replay(run);
     renderComposer();
   });
   socket.addEventListener("message", (message) => {
@@ -419,7 +435,7 @@ $("content").addEventListener("keydown", (event) => {
 
 $("cancel").addEventListener("click", async () => {
   const run = state.runs.get(state.shownRun);
-  if (!run || run.status !== "running") return;
+  if (!run || !BUSY.has(run.status)) return;
   try {
     await api("POST", `/api/runs/${run.id}/cancel`);
   } catch (failure) {
@@ -428,6 +444,8 @@ $("cancel").addEventListener("click", async () => {
 });
 
 // --- rendering ------------------------------------------------------------------------------
+
+const approvals = approvalCards({ api, describe, caughtUp: replay });
 
 function render() {
   renderThreads();
@@ -456,16 +474,27 @@ function renderMessages() {
   for (const message of state.messages) {
     items.push(bubble(message.role, message.content));
     const run = message.role === "user" ? state.runs.get(message.run_id) : null;
-    if (run && !answered.has(run.id)) items.push(runBubble(run));
+    if (run && !answered.has(run.id)) items.push(runBubble(run), ...approvals.cardsFor(run));
   }
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const focused = list.contains(document.activeElement) ? document.activeElement : null;
+  const selection = focused && "selectionStart" in focused ? [focused.selectionStart, focused.selectionEnd] : null;
   list.replaceChildren(...items);
   if (atBottom) list.scrollTop = list.scrollHeight;
+  if (focused && focused.isConnected) {
+    // Kept across the re-render (an approval card being filled in): so is the focus.
+    focused.focus({ preventScroll: true });
+    if (selection && selection[0] !== null) focused.setSelectionRange(...selection);
+  } else if (focused) {
+    // Its card went (the call was decided): on to the next waiting call, or the composer.
+    (list.querySelector("li.approval button") || $("content")).focus();
+  }
 }
 
 function runBubble(run) {
   if (run.status === "running") return bubble("assistant", run.text || "\u2026", "streaming");
+  if (run.status === WAITING) return bubble("assistant", run.text || "Waiting for your approval\u2026", "streaming");
   if (run.status === "failed") {
     const request = run.requestId ? ` (request ${run.requestId})` : "";
     return bubble("assistant", `${run.text}${run.text ? "\n" : ""}The run failed: ${run.error.code}: ${run.error.message}${request}`, "failed");
@@ -477,7 +506,7 @@ function runBubble(run) {
 function renderComposer() {
   const thread = state.threads.get(state.current);
   const run = state.runs.get(state.shownRun);
-  const running = Boolean(thread && thread.active_run_id) || Boolean(run && run.status === "running" && run.threadId === state.current);
+  const running = Boolean(thread && thread.active_run_id) || Boolean(run && BUSY.has(run.status) && run.threadId === state.current);
   $("content").disabled = !thread;
   $("send").disabled = !thread || !state.socket || running;
   $("cancel").hidden = !running;
@@ -495,6 +524,7 @@ function renderTimeline() {
   }
   const started = run.events.length ? Date.parse(run.events[0].ts) : 0;
   const executing = new Map();
+  const tools = new Map(); // call id -> tool, for approval_resolved (which names only the call)
   const entries = [];
   for (const event of run.events) {
     const at = Date.parse(event.ts) - started;
@@ -523,6 +553,13 @@ function renderTimeline() {
         entries.push(entry(at, `${data.tool} ${data.ok === false ? "failed" : "answered"}${took}`, data.ok === false ? "tool failed" : "tool", data.output));
         break;
       }
+      case "approval_requested":
+        tools.set(data.call_id, data.tool);
+        entries.push(entry(at, `${data.tool} waits for approval`, "approval", JSON.stringify(data.input)));
+        break;
+      case "approval_resolved":
+        entries.push(entry(at, `${tools.get(data.call_id) || data.call_id} ${decided(data.decision)}`, "approval"));
+        break;
       case "run_completed": {
         const usage = data.usage ? `, ${data.usage.prompt_tokens} + ${data.usage.completion_tokens} tokens` : "";
         entries.push(entry(at, `completed in ${at} ms${usage}`, "completed"));
@@ -537,7 +574,7 @@ function renderTimeline() {
     }
   }
   list.replaceChildren(...entries);
-  status.textContent = run.status;
+  status.textContent = STATUS_TEXT[run.status] || run.status;
   status.className = `state ${run.status}`;
 }
 
