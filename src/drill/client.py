@@ -16,9 +16,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from src.drill.checks import Frame
-from src.drill.plan import DrillUser, question
+from src.drill.plan import PAUSING, DrillUser, ends_as_expected, question
 from src.runs.domain import FINAL_EVENT_TYPES
 
+# The event of a run that pauses for a person's approval (one per call that waits).
+PAUSE_EVENT = "approval_requested"
 OPEN_TIMEOUT_S = 10.0
 HTTP_ATTEMPTS = 5  # a 429 is waited out this many times at most
 MAX_RETRY_AFTER_S = 15.0
@@ -43,12 +45,20 @@ class RunRecord:
     status: str | None = None
     code: str | None = None
     problem: str | None = None  # what kept it from starting or from being seen to end
+    paused: bool = False  # seen paused for approval: its frame, then its stored status
     working: asyncio.Event = field(default_factory=asyncio.Event)  # an agent is at work
+    pausing: asyncio.Event = field(default_factory=asyncio.Event)  # its pause event arrived
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # final event or refusal seen
 
     @property
     def content(self) -> str:
         return question(self.operand, self.kind)
+
+    @property
+    def as_expected(self) -> bool:
+        """Whether the run ended as its kind says (and, for a kind that pauses, paused)."""
+        paused = self.paused or self.kind not in PAUSING
+        return paused and ends_as_expected(self.kind, self.status, self.code)
 
     @property
     def latency_s(self) -> float | None:
@@ -164,6 +174,8 @@ class UserClient:
             return
         if kind == "agent_started":
             record.working.set()
+        if kind == PAUSE_EVENT:
+            record.pausing.set()
         if kind in FINAL_EVENT_TYPES:
             status = {"run_completed": "completed", "run_failed": "failed"}.get(kind, "cancelled")
             record.end(status=status, code=_object(data.get("error")).get("code"))

@@ -10,6 +10,9 @@ carries a valid ``drill`` claim obeys the fault markers in its message:
 - ``[drill:llm]``    the model fails                                   -> ``llm_error``
 - ``[drill:tool]``   every call of the calculator fails, as a bug would -> ``tool_error``
 - ``[drill:hang]``   the model never answers: the run's deadline or a cancel ends it
+- ``[drill:approval]`` every call of the calculator waits for a person's approval: the run
+  pauses (``awaiting_approval``) as any run does whose tool needs approval, until a decision,
+  a cancel or the approval timeout
 
 Anyone else's markers are plain text, and without the setting everybody's are.
 
@@ -44,8 +47,9 @@ from src.services.llm import LLM, ChatMessage, LLMError, Reply, TextSink, ToolSp
 
 DRILL_CLAIM = "drill"
 DRILL_GRANT = "drill"  # what a valid claim grants the caller (RunContext.grants)
-FAULTS = ("agent", "tool", "llm", "db", "hang")
-MODEL_FAULTS = frozenset(FAULTS) - {"tool"}  # the ones the run's model injects
+FAULTS = ("agent", "tool", "llm", "db", "hang", "approval")
+TOOL_FAULTS = frozenset({"tool", "approval"})  # the ones the calculator injects
+MODEL_FAULTS = frozenset(FAULTS) - TOOL_FAULTS  # the ones the run's model injects
 _MARKER = re.compile(r"\[drill:([a-z]+)\]")
 
 
@@ -99,7 +103,11 @@ def model_for(model: LLM, faults: frozenset[str], transactions: Any) -> LLM:
 
 
 def tool_for(tool: Tool[Any], faults: frozenset[str]) -> Tool[Any]:
-    return BrokenTool(tool) if "tool" in faults else tool
+    if "tool" in faults:
+        tool = BrokenTool(tool)
+    if "approval" in faults:
+        tool = AskingTool(tool)
+    return tool
 
 
 class FaultyModel:
@@ -154,6 +162,24 @@ class BrokenTool(Tool[BaseModel]):
 
     async def run(self, params: BaseModel) -> str:
         raise RuntimeError(f"a drill fault: the {self.name} tool failed on purpose")
+
+
+class AskingTool(Tool[BaseModel]):
+    """``tool`` as the model sees it, each call waiting for a person's approval (its run
+    pauses as it would for any tool that needs approval); approved, the call runs ``tool``."""
+
+    def __init__(self, tool: Tool[Any]) -> None:
+        self._tool = tool
+        self.name = tool.name  # type: ignore[misc]  # per instance here
+        self.description = tool.description  # type: ignore[misc]
+        self.input_model = tool.input_model  # type: ignore[misc]
+        self.concurrent = tool.concurrent  # type: ignore[misc]
+
+    async def run(self, params: BaseModel) -> str:
+        return await self._tool.run(params)
+
+    def needs_approval(self, params: BaseModel) -> bool:
+        return True
 
 
 class DrillFaults(containers.DeclarativeContainer):

@@ -4,20 +4,24 @@ drill, the same users beside the faulty ones.
 During a phase each user sends a question every ``interval``, waits for its run to end, and
 stops once the phase's ``duration`` is over. Faulty users take the fault kinds in turn; the
 server injects most of them, and the drill makes the two that are a client's: it drops the
-socket of a run in flight, or cancels it from the user's other host.
+socket of a run in flight, or cancels it from the user's other host. A run the server pauses
+for approval is seen paused (its ``approval_requested`` frame, then its status), left
+undecided for ``UNDECIDED_S``, and cancelled from the user's other host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
 
 from src.drill.client import DrillAborted, RunRecord, UserClient
-from src.drill.plan import EXPECTED, HEALTHY
+from src.drill.plan import HEALTHY, PAUSING
 from src.drill.progress import DrillProgress, PhaseBar
 
 RATE_LIMITED_PAUSE_S = 1.0
+UNDECIDED_S = 0.5  # how long a paused run is left without a decision before its cancel
 
 
 class Phases:
@@ -65,7 +69,7 @@ class Phases:
                 self.rate_limited += 1
                 await asyncio.sleep(RATE_LIMITED_PAUSE_S)
                 continue
-            bar.count(as_expected=(record.status, record.code) == EXPECTED[record.kind])
+            bar.count(as_expected=record.as_expected)
             await asyncio.sleep(max(0.0, started + self._interval_s - loop.time()))
 
     async def _one_run(self, client: UserClient, record: RunRecord) -> None:
@@ -82,6 +86,9 @@ class Phases:
                     if record.kind == "cancel":
                         await _first(record.working, record.ended)
                         await _cancel(client, record)
+                    elif record.kind in PAUSING:
+                        await _first(record.pausing, record.ended)
+                        await _leave_undecided(client, record)
                 await record.ended.wait()
         except TimeoutError:
             record.problem = f"no final event within {wait_s:g} s"
@@ -98,6 +105,27 @@ async def _cancel(client: UserClient, record: RunRecord) -> None:
     response = await client.request("POST", path, host=client.user.other_host)
     if response.status_code not in (202, 409):  # 409: it ended first
         record.problem = f"POST {path} answered {response.status_code}"
+
+
+async def _leave_undecided(client: UserClient, record: RunRecord) -> None:
+    """A run that must pause for approval: seen paused (its status too), left undecided for a
+    moment, then cancelled from the user's other host (the approval timeout may end it first)."""
+    if not record.pausing.is_set():
+        record.problem = "it ended without pausing for approval"
+        return
+    assert record.run_id is not None  # its run_started came before its pause
+    path = f"/api/runs/{record.run_id}"
+    response = await client.request("GET", path)
+    status = response.json().get("status") if response.status_code == 200 else None
+    # awaiting_approval; or ended already, by the approval timeout (its end is checked)
+    record.paused = status not in (None, "running")
+    if not record.paused:
+        said = f"status {status}" if status else str(response.status_code)
+        record.problem = f"its approval_requested came, but GET {path} said {said}"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(UNDECIDED_S):
+            await record.ended.wait()
+    await _cancel(client, record)
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -16,20 +16,32 @@ from src.drill.faults import FAULTS, marker
 HEALTHY = "healthy"
 # Faults the server injects (src/drill/faults.py), and two the drill makes itself: it drops
 # the socket of a run in flight, or cancels it (each on a run the server holds with a hang).
+# The server pauses an ``approval`` run for a person's approval; the drill, seeing the pause,
+# leaves it undecided for a moment, then cancels it.
 SERVER_FAULTS = FAULTS
 CLIENT_FAULTS = ("disconnect", "cancel")
 KINDS = SERVER_FAULTS + CLIENT_FAULTS
+# Kinds whose run must be seen paused for approval (its frame, then its status) before it ends.
+PAUSING = frozenset({"approval"})
 
-# How a run of each kind must end: its status and error code.
-EXPECTED: dict[str, tuple[str, str | None]] = {
+Outcome = tuple[str, str | None]  # a run's end: its status and error code
+
+# How a run of each kind must end.
+EXPECTED: dict[str, Outcome] = {
     HEALTHY: ("completed", None),
     "agent": ("failed", "agent_error"),
     "tool": ("failed", "tool_error"),
     "llm": ("failed", "llm_error"),
     "db": ("failed", "database_error"),
     "hang": ("failed", "timeout"),
+    "approval": ("cancelled", None),
     "disconnect": ("cancelled", None),
     "cancel": ("cancelled", None),
+}
+# Other ends that are as sound: a pause that the deployment's ISOCHAT_APPROVAL_TIMEOUT_S
+# ended before the drill's cancel (the drill cannot set it; it is a day by default).
+ALSO_EXPECTED: dict[str, tuple[Outcome, ...]] = {
+    "approval": (("failed", "approval_expired"),),
 }
 
 MAX_USERS = 5_000
@@ -39,9 +51,15 @@ _RUNS_PER_USER = 10_000  # operands are unique for this many runs of each user
 OPERAND = re.compile(r"(?<!\d)7\d{8}(?!\d)")
 
 
+def ends_as_expected(kind: str, status: str | None, code: str | None) -> bool:
+    """Whether a run of ``kind`` that ended with ``status`` and ``code`` ended as it must."""
+    return (status, code) == EXPECTED[kind] or (status, code) in ALSO_EXPECTED.get(kind, ())
+
+
 def expected_outcome(kind: str) -> str:
-    status, code = EXPECTED[kind]
-    return status if code is None else f"{status} {code}"
+    """How a run of ``kind`` must end, in words (``failed agent_error``)."""
+    outcomes = (EXPECTED[kind], *ALSO_EXPECTED.get(kind, ()))
+    return " or ".join(status if code is None else f"{status} {code}" for status, code in outcomes)
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ said, the checks that gate a deployment, and the two ways they are shown (a tabl
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from rich.table import Table
 from src.drill.checks import Frame, count_cross_user, sequence_problems
 from src.drill.client import RunRecord, UserClient
 from src.drill.hosts import GAUGES, HostReading
-from src.drill.plan import EXPECTED, HEALTHY, OPERAND, expected_outcome, owner_of
+from src.drill.plan import HEALTHY, OPERAND, expected_outcome, owner_of
 
 MAX_LISTED = 20  # unexpected runs and problems listed at most
 MB = 1024 * 1024
@@ -187,12 +188,13 @@ def seq_problems(client: UserClient) -> int:
 
 def kind_figures(kind: str, faulty: list[RunRecord]) -> dict[str, Any]:
     runs = [r for r in faulty if r.kind == kind]
-    status, code = EXPECTED[kind]
-    wrong = [r for r in runs if (r.status, r.code) != (status, code)]
+    wrong = [r for r in runs if not r.as_expected]
     return {
         "runs": len(runs),
         "expected": expected_outcome(kind),
         "as_expected": len(runs) - len(wrong),
+        # how they ended (an approval run: cancelled by the drill, or expired first)
+        "ended": dict(Counter(_outcome(r) for r in runs)),
         "unexpected": [
             {"run_id": r.run_id, "got": _outcome(r), "problem": r.problem}
             for r in wrong[:MAX_LISTED]

@@ -7,7 +7,8 @@
    ``duration``, over its own WebSocket.
 4. Drill: the same healthy users again, beside the faulty users, whose runs fail in the chosen
    ways in turn (the server injects the fault, or the drill drops the socket or cancels).
-5. The faulty runs' stored events are read; the runs still ``running`` counted; every drill
+5. The faulty runs' stored events are read; the runs not ended counted (``running``, or
+   paused for approval); any run seen paused and not seen to end cancelled, and every drill
    thread deleted (the users' tokens expire soon after); the hosts' gauges read again until
    they are back where they were (or ``settle`` runs out).
 
@@ -237,6 +238,7 @@ class Drill:
     async def _delete_threads(self) -> int:
         """Delete every drill thread; how many are left (each user lists their own)."""
         self._threads_deleted = True
+        await self._cancel_paused()
 
         async def delete(client: UserClient) -> int:
             if client.user.thread_id:
@@ -245,6 +247,25 @@ class Drill:
             return len(listed.json().get("threads", [])) if listed.status_code == 200 else 1
 
         return sum(await _bounded(delete(client) for client in self._clients))
+
+    async def _cancel_paused(self) -> None:
+        """Cancel every run seen paused for approval and not seen to end (the drill stopped
+        early, or its cancel did not take): a paused run waits for a person for as long as the
+        deployment's approval timeout, a day by default, holding its thread. Deleting the
+        thread cancels it too; the drill does not leave it to that."""
+
+        async def cancel(client: UserClient, record: RunRecord) -> None:
+            path = f"/api/runs/{record.run_id}/cancel"
+            response = await client.request("POST", path)
+            if response.status_code not in (202, 409):  # 409: it has ended
+                self._note(f"POST {path} answered {response.status_code}")
+
+        await _bounded(
+            cancel(client, record)
+            for client in self._clients
+            for record in client.records
+            if record.pausing.is_set() and not record.ended.is_set()
+        )
 
     async def _settle(self, before: dict[str, HostReading]) -> dict[str, HostReading]:
         """The hosts' readings once every gauge is back where it was, or when ``settle`` is

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 README = Path(__file__).parents[2] / "README.md"
 DRILL_SECRET = "drill-secret-" + "x" * 32
 RUN_TIMEOUT_S = "2"  # a hung run ends this soon: the drill waits for it
-# Small and short, but every fault kind comes round: 3 faulty users take the 7 kinds in turn.
+# Small and short, but every fault kind comes round: 3 faulty users take the 8 kinds in turn.
 SMALL_DRILL = ["--users", "8", "--faulty", "0.375", "--duration", "3", "--interval", "0.2"]
 DRILLING_ENV = {"ISOCHAT_DRILL_SECRET": DRILL_SECRET, "ISOCHAT_RUN_TIMEOUT_S": RUN_TIMEOUT_S}
 
@@ -114,9 +114,13 @@ async def test_a_sound_deployment_is_reported_contained(tmp_path: Path, started:
         "llm": "failed llm_error",
         "db": "failed database_error",
         "hang": "failed timeout",
+        "approval": "cancelled or failed approval_expired",
         "disconnect": "cancelled",
         "cancel": "cancelled",
     }
+    # Paused, left undecided, then cancelled by the drill (the approval timeout is a day).
+    approval = report["faulty"]["approval"]
+    assert approval["ended"] == {"cancelled": approval["runs"]}, approval
     # The drill's threads went, and everything in them.
     assert rows_left(tmp_path / "var" / "isochat.db") == {
         "threads": 0, "messages": 0, "runs": 0, "run_events": 0

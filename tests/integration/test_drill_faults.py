@@ -19,7 +19,8 @@ import pytest
 from starlette.applications import Starlette
 
 from src.container import AppContainer, build_container, shutdown
-from src.drill.faults import DRILL_CLAIM, DrillClaim, drill_proof
+from src.drill.faults import DRILL_CLAIM, FAULTS, DrillClaim, drill_proof
+from src.runs.domain import FINAL_EVENT_TYPES
 from src.services.auth import TokenService
 from src.services.database.migrations import upgrade_to_head
 from src.settings import DEVELOPMENT_AUTH_SECRET, Settings
@@ -147,6 +148,84 @@ async def test_a_hung_drill_run_ends_when_cancelled(
     assert run["status"] == "cancelled"
 
 
+async def test_a_drill_users_approval_marker_pauses_the_run_until_it_is_cancelled(
+    drills: Deployment,
+) -> None:
+    """`[drill:approval]`: the calculator call waits for approval, so the run pauses as any
+    such run does (`awaiting_approval`, one `approval_requested`, no task, the thread busy);
+    a cancel from anyone's request ends it `cancelled`, seq 1..n with one final event last,
+    and nothing is left behind."""
+    client = drills.client
+    headers = bearer(drill_token("drill-g"))
+    thread = await new_thread(client, headers)
+    body = await send(client, headers, thread, f"[drill:approval] {QUESTION}")
+    run = body["run"]
+    assert run["status"] == "awaiting_approval", body
+    assert body["message"] is None
+    events = (await client.get(f"/api/runs/{run['id']}/events", headers=headers)).json()
+    [requested] = [e for e in events["events"] if e["type"] == "approval_requested"]
+    assert requested["data"]["tool"] == "calculator"
+    assert requested["data"]["input"] == {"expression": "6 * 7"}
+    assert "tool_executing" not in [e["type"] for e in events["events"]]
+    busy = (await client.get(f"/api/threads/{thread}", headers=headers)).json()
+    assert busy["active_run_id"] == run["id"]
+    assert len(drills.container.runs()) == 0  # paused: no task anywhere
+
+    cancel = await client.post(f"/api/runs/{run['id']}/cancel", headers=headers)
+    assert cancel.status_code == 202 and cancel.json()["run"]["status"] == "cancelled"
+    events = (await client.get(f"/api/runs/{run['id']}/events", headers=headers)).json()["events"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["type"] for e in events if e["type"] in FINAL_EVENT_TYPES] == ["run_cancelled"]
+    assert events[-1]["type"] == "run_cancelled"
+    free = (await client.get(f"/api/threads/{thread}", headers=headers)).json()
+    assert free["active_run_id"] is None
+    assert await leaks_once_settled(drills.container) == NO_LEAKS | {"ws_connections": 0}
+
+
+async def test_a_paused_drill_run_is_told_on_the_socket_and_ends_with_its_cancel_frame(
+    drills: Deployment,
+) -> None:
+    """Over /ws, as the drill sees it: the run's frames up to its `approval_requested`, then,
+    after a `cancel` frame, its `run_cancelled`: every seq once, the final event last."""
+    token = drill_token("drill-i")
+    thread = await new_thread(drills.client, bearer(token))
+    frames: list[dict[str, Any]] = []
+    async with AsgiSocket(drills.app, token=token) as socket:
+        chat = {"type": "chat", "thread_id": thread, "content": f"[drill:approval] {QUESTION}"}
+        await socket.send(json.dumps(chat))
+        while not frames or frames[-1]["type"] != "approval_requested":
+            frames.append(await socket.recv())
+        await socket.send(json.dumps({"type": "cancel", "run_id": frames[-1]["run_id"]}))
+        while frames[-1]["type"] not in FINAL_EVENT_TYPES:
+            frames.append(await socket.recv())
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert frames[-1]["type"] == "run_cancelled"
+    assert await leaks_once_settled(drills.container) == NO_LEAKS | {"ws_connections": 0}
+
+
+async def test_an_approved_drill_call_runs_the_real_calculator(drills: Deployment) -> None:
+    """The fault is the wait alone: approved, the call runs and the run answers."""
+    client = drills.client
+    headers = bearer(drill_token("drill-h"))
+    thread = await new_thread(client, headers)
+    run = (await send(client, headers, thread, f"[drill:approval] {QUESTION}"))["run"]
+    events = (await client.get(f"/api/runs/{run['id']}/events", headers=headers)).json()
+    [requested] = [e for e in events["events"] if e["type"] == "approval_requested"]
+    decision = {"call_id": requested["data"]["call_id"], "decision": "approve"}
+    decided = await client.post(
+        f"/api/runs/{run['id']}/approvals", json={"decisions": [decision]}, headers=headers
+    )
+    assert decided.status_code == 202, decided.text
+    for _ in range(500):
+        ended = (await client.get(f"/api/runs/{run['id']}", headers=headers)).json()
+        if ended["status"] not in ("running", "awaiting_approval"):
+            break
+        await asyncio.sleep(0.01)
+    assert ended["status"] == "completed", ended
+    messages = (await client.get(f"/api/threads/{thread}/messages", headers=headers)).json()
+    assert messages["messages"][-1]["content"] == "6 * 7 = 42"
+
+
 def forged_tokens(user_id: str) -> dict[str, str]:
     """Tokens of ``user_id`` that look like a drill user's but are not."""
     now = int(time.time())
@@ -178,14 +257,15 @@ async def test_a_normal_users_markers_are_plain_text_even_with_drills_on(
     drills: Deployment,
 ) -> None:
     """dev-login's token, and tokens whose claim is not the drill secret's proof for exactly
-    that token: every fault marker is just text, and the run answers."""
+    that token: every fault marker is just text, and the run answers (`[drill:approval]`
+    included: the calculator runs without waiting)."""
     client = drills.client
     login = await client.post("/api/auth/dev-login", json={"user_id": "mallory"})
     tokens = {"dev-login": login.json()["token"], **forged_tokens("mallory")}
     for how, token in tokens.items():
         headers = bearer(token)
         thread = await new_thread(client, headers)
-        for fault in ("agent", "db", "llm", "tool", "hang"):
+        for fault in FAULTS:
             body = await send(client, headers, thread, f"[drill:{fault}] {QUESTION}")
             assert body["run"]["status"] == "completed", (how, fault, body["run"])
 
@@ -199,7 +279,7 @@ async def test_without_a_drill_secret_nothing_can_force_a_fault(tmp_path: Path) 
         async with httpx.AsyncClient(transport=transport, base_url="http://isochat.test") as client:
             headers = bearer(drill_token("drill-d"))
             thread = await new_thread(client, headers)
-            for fault in ("agent", "db", "llm", "tool", "hang"):
+            for fault in FAULTS:
                 body = await send(client, headers, thread, f"[drill:{fault}] {QUESTION}")
                 assert body["run"]["status"] == "completed", (fault, body["run"])
                 assert body["message"]["content"] == "6 * 7 = 42"

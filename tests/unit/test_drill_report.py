@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
+import httpx
 import pytest
+from rich.console import Console
 from websockets.asyncio.client import ClientConnection
 
 from src.drill.checks import count_cross_user, sequence_problems
 from src.drill.cli import add_arguments, options_from
-from src.drill.client import Socket, UserClient
-from src.drill.plan import HEALTHY, make_users, owner_of, question
-from src.drill.report import cross_user_frames, percentile, seq_problems
+from src.drill.client import RunRecord, Socket, UserClient
+from src.drill.plan import HEALTHY, expected_outcome, make_users, owner_of, question
+from src.drill.progress import DrillProgress
+from src.drill.report import cross_user_frames, kind_figures, percentile, seq_problems
+from src.drill.steps import Drill, DrillTokens, Options
 
 
 def event(seq: int, type_: str = "agent_started", **data: Any) -> dict[str, Any]:
@@ -29,6 +33,9 @@ def event(seq: int, type_: str = "agent_started", **data: Any) -> dict[str, Any]
         ([(1, "run_started"), (2, "agent_started")], 1),  # no final event
         ([(1, "run_started"), (2, "run_failed"), (3, "run_completed")], 2),  # two, one not last
         ([(1, "run_started"), (2, "run_completed"), (3, "agent_started")], 1),  # after the end
+        # paused for approval, then cancelled: the pause is no end
+        ([(1, "run_started"), (2, "approval_requested"), (3, "run_cancelled")], 0),
+        ([(1, "run_started"), (2, "approval_requested")], 1),  # paused, never ended
     ],
 )
 def test_seq_problems_count_every_way_a_run_is_not_told_once_in_order(
@@ -87,6 +94,98 @@ def test_a_cross_user_frame_is_another_runs_or_names_another_users_number() -> N
     assert cross_user_frames(client_with([*own, foreign_run, foreign_text])) == 2
 
 
+def test_a_paused_run_seen_on_the_socket_is_one_sequence_with_its_cancel() -> None:
+    """The pause (`approval_requested`) is told, then the cancel's `run_cancelled`: the
+    client sees the pause, and the run's frames are seq 1..n with one final event, last."""
+    frames = [
+        event(1, "run_started"),
+        event(2, "agent_started"),
+        event(3, "approval_requested", tool="calculator", call_id="call-1"),
+        event(4, "run_cancelled"),
+    ]
+    client = client_with(frames[:3])
+    [record] = client.records
+    for frame in frames:
+        client._see(frame)
+    assert record.pausing.is_set() and record.ended.is_set()
+    assert (record.status, record.code) == ("cancelled", None)
+    assert seq_problems(client_with(frames)) == 0
+
+
+def approval_run(status: str | None, code: str | None = None, *, paused: bool = True) -> RunRecord:
+    (_, user) = make_users(["http://a"], users=2, faulty_share=0.5)
+    record = UserClient(user, {}).new_record("approval", "drill")
+    record.paused = paused
+    record.end(status=status, code=code)
+    return record
+
+
+def test_an_approval_run_must_pause_then_end_cancelled_or_expired() -> None:
+    """Cancelled after its pause is as expected, and so is an expiry (a deployment whose
+    approval timeout is shorter than the drill's wait); a run that never paused, that
+    completed, or that was left paused is not."""
+    assert expected_outcome("approval") == "cancelled or failed approval_expired"
+    assert expected_outcome("cancel") == "cancelled"
+    good = [approval_run("cancelled"), approval_run("failed", "approval_expired")]
+    bad = [
+        approval_run("cancelled", paused=False),
+        approval_run("completed"),
+        approval_run("failed", "timeout"),
+        approval_run("awaiting_approval"),
+        approval_run(None),
+    ]
+    assert all(r.as_expected for r in good)
+    assert not any(r.as_expected for r in bad)
+    figures = kind_figures("approval", [*good, *bad])
+    assert (figures["runs"], figures["as_expected"]) == (7, 2)
+    assert figures["expected"] == "cancelled or failed approval_expired"
+    assert [u["got"] for u in figures["unexpected"]] == [
+        "cancelled", "completed", "failed timeout", "awaiting_approval", "no end seen"
+    ]  # fmt: skip
+    # An expiry is no way for another kind's run to end.
+    (_, user) = make_users(["http://a"], users=2, faulty_share=0.5)
+    cancel = UserClient(user, {}).new_record("cancel", "drill")
+    cancel.end(status="failed", code="approval_expired")
+    assert not cancel.as_expected
+
+
+async def test_the_drills_tidying_up_cancels_every_run_left_paused() -> None:
+    """A run seen paused and not seen to end (the drill stopped early, or its cancel did not
+    take) is cancelled before the threads are deleted; ended and never-paused runs are not."""
+    asked: list[str] = []
+
+    def deployment(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}")
+        if request.method == "GET":
+            return httpx.Response(200, json={"threads": []})
+        return httpx.Response(202 if request.url.path.endswith("/cancel") else 204)
+
+    drill = Drill(
+        Options(urls=["http://a"], metrics_urls=["http://a/metrics"], users=2, faulty=0.5),
+        cast(DrillTokens, None),
+        progress=DrillProgress(Console(), wanted=False),
+    )
+    drill._http["http://a"] = httpx.AsyncClient(
+        transport=httpx.MockTransport(deployment), base_url="http://a"
+    )
+    client = drill._clients[1]
+    client.user.thread_id = "thread-f"
+    left, ended, running = (client.new_record("approval", "drill") for _ in range(3))
+    for record, run_id in ((left, "run-left"), (ended, "run-ended"), (running, "run-running")):
+        record.run_id = run_id
+    left.pausing.set()
+    ended.pausing.set()
+    ended.end(status="cancelled", code=None)
+    try:
+        assert await drill._delete_threads() == 0
+    finally:
+        await drill._http["http://a"].aclose()
+    assert asked.index("POST /api/runs/run-left/cancel") < asked.index(
+        "DELETE /api/threads/thread-f"
+    )
+    assert [a for a in asked if a.startswith("POST")] == ["POST /api/runs/run-left/cancel"]
+
+
 def test_users_are_spread_over_hosts_and_faulty_ones_sign_their_faults() -> None:
     users = make_users(["http://a", "http://b"], users=10, faulty_share=0.2)
     assert [u.faulty for u in users].count(True) == 2
@@ -103,6 +202,7 @@ def test_users_are_spread_over_hosts_and_faulty_ones_sign_their_faults() -> None
     assert question(700000001, HEALTHY) == "what is 700000001 * 2?"
     assert question(700000001, "db") == "[drill:db] what is 700000001 * 2?"
     assert question(700000001, "cancel") == "[drill:hang] what is 700000001 * 2?"
+    assert question(700000001, "approval") == "[drill:approval] what is 700000001 * 2?"
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -136,4 +236,8 @@ def test_metrics_default_to_each_url() -> None:
     add_arguments(parser)
     options = options_from(parser.parse_args(["--url", "http://a/", "--url", "http://b"]))
     assert options.metrics_urls == ["http://a/metrics", "http://b/metrics"]
-    assert options.kinds == ("agent", "tool", "llm", "db", "hang", "disconnect", "cancel")
+    assert options.kinds == (
+        "agent", "tool", "llm", "db", "hang", "approval", "disconnect", "cancel"
+    )  # fmt: skip
+    approval = options_from(parser.parse_args(["--url", "http://a", "--kinds", "approval"]))
+    assert approval.kinds == ("approval",)
