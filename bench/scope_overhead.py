@@ -5,21 +5,25 @@ Three ways of doing the same work, measured in the same run:
 - ``isochat``: ``async with request_scope(container):``, set the run context, then call every
   request provider of ``container.request`` (session, transactions, usage, emitter, calculator,
   conversation, math_agent, history_agent, general_agent, routes, triage, supervisor,
-  agents_for, threads, chat);
-- ``dishka``: an equivalent dishka container (APP scope: the same app objects; REQUEST scope:
-  run context, session, transactions, run usage, emitter, tools, agents, routes, supervisor,
-  the thread and chat use cases),
+  agents_for, agent_of_route, approval, threads, chat);
+- ``dishka``: an equivalent dishka container (APP scope: the same app objects, the approval
+  policy and the run pauser among them; REQUEST scope: run context, session, transactions, run
+  usage, emitter, tools, agents, routes, supervisor, the run-bound builders of a supervisor and
+  of a route's agent, the approval, thread and chat use cases),
   ``await req.get(X)`` for each type;
 - ``manual``: the same objects built with plain constructor calls, no DI at all.
 
 All three open and close a real ``AsyncSession`` and build the same objects: session,
 transactions, run usage, emitter and the use cases once per scope; tools, agents (each
-specialist with its own tools list), supervisors and the routes dict new at every resolution.
+specialist with its own tools list and the app's approval policy), supervisors (with the app's
+run pauser), the two run-bound builders (``agents_for``, ``agent_of_route``) and the routes dict
+new at every resolution.
 (isochat's three ``Route`` objects are singletons whose agent is a provider; by hand and in
 dishka a route's agent is bound to the request, so those three are built once per request.)
 Before measuring, one iteration of each is checked to build the same graph (types, tools,
-routes, agent count). The differences are the cost of the DI machinery. Every iteration is timed
-on its own; the medians over interleaved rounds are reported.
+routes, approval policy, pauser, agent count). The differences are the cost of the DI
+machinery. Every iteration is timed on its own; the medians over interleaved rounds are
+reported.
 
 Reading the result: ``isochat/dishka`` below 1.00 means isochat's scope is cheaper than dishka's
 for the same graph; ``manual`` is the floor (constructors + opening/closing the session) that
@@ -43,20 +47,15 @@ from dependency_injector.providers import Dependency
 from dishka import AsyncContainer, Provider, Scope, from_context, make_async_container, provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.agents.approval import ApprovalPolicy
 from src.agents.base import Agent
 from src.agents.loop import ToolAgent
 from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
-from src.agents.triage import Route, TriageAgent
-from src.container import (
-    AppContainer,
-    RequestContainer,
-    RunAgents,
-    build_container,
-    request_scope,
-    same,
-)
+from src.agents.triage import Route, TriageAgent, agent_of
+from src.container import AppContainer, RequestContainer, build_container, request_scope, same
+from src.runs.approvals import RunPauser
 from src.runs.cancel import RunCanceller
 from src.runs.domain import RunContext
 from src.runs.emitter import EventEmitter
@@ -64,7 +63,8 @@ from src.runs.ender import RunEnder
 from src.runs.leases import Lease
 from src.runs.registry import RunRegistry
 from src.runs.usage import RunUsage
-from src.scoping import ScopeValue, current_scope
+from src.scoping import ScopeValue, WithScopeValue, current_scope
+from src.services.approvals import ApprovalService
 from src.services.broker import EventBroker
 from src.services.chat import ChatService
 from src.services.database.engine import Database, Transactions
@@ -91,6 +91,8 @@ REQUEST_PROVIDERS = (
     "triage",
     "supervisor",
     "agents_for",
+    "agent_of_route",
+    "approval",
     "threads",
     "chat",
 )
@@ -132,6 +134,8 @@ class AppObjects:
     lease: Lease
     ender: RunEnder
     canceller: RunCanceller
+    pauser: RunPauser
+    approvals: ApprovalPolicy
 
     @classmethod
     def of(cls, container: AppContainer) -> AppObjects:
@@ -145,6 +149,8 @@ class AppObjects:
             lease=container.lease(),
             ender=container.ender(),
             canceller=container.canceller(),
+            pauser=container.pauser(),
+            approvals=container.approvals(),
         )
 
 
@@ -205,6 +211,7 @@ class RequestObjects:
             llm=self.llm(),
             usage=self.usage,
             tools=[Calculator()],
+            approvals=self.app.approvals,
         )
 
     def history_agent(self) -> HistoryAgent:
@@ -214,6 +221,7 @@ class RequestObjects:
             llm=self.llm(),
             usage=self.usage,
             tools=[self.conversation()],
+            approvals=self.app.approvals,
         )
 
     def general_agent(self) -> GeneralAgent:
@@ -223,6 +231,7 @@ class RequestObjects:
             llm=self.llm(),
             usage=self.usage,
             history=self.conversation(),
+            approvals=self.app.approvals,
         )
 
     def supervisor(self, triage: Agent | None = None, routes: Routes | None = None) -> Supervisor:
@@ -234,15 +243,26 @@ class RequestObjects:
             triage=triage if triage is not None else self.triage(),
             routes=routes if routes is not None else self.routes(),
             run_timeout_s=self.app.settings.run_timeout_s,
+            pauser=self.app.pauser,
         )
 
     def agents_for(self) -> BoundRunAgents:
         return BoundRunAgents(context=self.context, supervisor=self.supervisor)
 
+    def agent_of_route(self) -> BoundAgentOfRoute:
+        return BoundAgentOfRoute(
+            context=self.context, agent_of_route=lambda route: agent_of(self.routes(), route)
+        )
 
+
+# isochat's run-bound builders are ``WithScopeValue``s: they hand the run's context to the
+# scope, then build there. Without a scope to write into, the run's context is fixed when the
+# request objects are built, so these only accept that context. (Two types: dishka tells
+# providers apart by type.)
 class BoundRunAgents:
-    """``agents_for`` without a scope to write into: the run's context is fixed when the request
-    objects are built, so it only accepts that context."""
+    """``agents_for``: the run's supervisor."""
+
+    builds = "Supervisor"
 
     def __init__(self, *, context: RunContext, supervisor: Callable[[], Supervisor]) -> None:
         self._context = context
@@ -254,8 +274,37 @@ class BoundRunAgents:
         return self._supervisor()
 
 
+class BoundAgentOfRoute:
+    """``agent_of_route``: the agent of a paused run's route."""
+
+    builds = "agent_of"
+
+    def __init__(
+        self, *, context: RunContext, agent_of_route: Callable[[str | None], Agent]
+    ) -> None:
+        self._context = context
+        self._agent_of_route = agent_of_route
+
+    def __call__(self, context: RunContext, route: str | None) -> Agent:
+        if context != self._context:
+            raise ValueError("these request objects belong to another run")
+        return self._agent_of_route(route)
+
+
 def thread_service(objects: RequestObjects) -> ThreadService:
     return ThreadService(transactions=objects.transactions, canceller=objects.app.canceller)
+
+
+def approval_service(objects: RequestObjects) -> ApprovalService:
+    app = objects.app
+    return ApprovalService(
+        transactions=objects.transactions,
+        agent_of_route=objects.agent_of_route(),
+        runs=app.runs,
+        broker=app.broker,
+        lease=app.lease,
+        metrics=app.metrics,
+    )
 
 
 def chat_service(objects: RequestObjects) -> ChatService:
@@ -306,6 +355,8 @@ class BenchProvider(Provider):
     lease = from_context(provides=Lease, scope=Scope.APP)
     ender = from_context(provides=RunEnder, scope=Scope.APP)
     canceller = from_context(provides=RunCanceller, scope=Scope.APP)
+    pauser = from_context(provides=RunPauser, scope=Scope.APP)
+    approvals = from_context(provides=ApprovalPolicy, scope=Scope.APP)
     app = from_context(provides=AppObjects, scope=Scope.APP)
     run_context = from_context(provides=RunContext, scope=Scope.REQUEST)
 
@@ -367,9 +418,15 @@ class BenchProvider(Provider):
         llm: RunLLM,
         usage: RunUsage,
         calculator: Calculator,
+        approvals: ApprovalPolicy,
     ) -> MathAgent:
         return MathAgent(
-            events=emitter, tracker=metrics, llm=llm.model, usage=usage, tools=[calculator]
+            events=emitter,
+            tracker=metrics,
+            llm=llm.model,
+            usage=usage,
+            tools=[calculator],
+            approvals=approvals,
         )
 
     @provide(scope=Scope.REQUEST, cache=False)
@@ -380,9 +437,15 @@ class BenchProvider(Provider):
         llm: RunLLM,
         usage: RunUsage,
         history: ConversationHistory,
+        approvals: ApprovalPolicy,
     ) -> HistoryAgent:
         return HistoryAgent(
-            events=emitter, tracker=metrics, llm=llm.model, usage=usage, tools=[history]
+            events=emitter,
+            tracker=metrics,
+            llm=llm.model,
+            usage=usage,
+            tools=[history],
+            approvals=approvals,
         )
 
     @provide(scope=Scope.REQUEST, cache=False)
@@ -393,9 +456,15 @@ class BenchProvider(Provider):
         llm: RunLLM,
         usage: RunUsage,
         history: ConversationHistory,
+        approvals: ApprovalPolicy,
     ) -> GeneralAgent:
         return GeneralAgent(
-            events=emitter, tracker=metrics, llm=llm.model, usage=usage, history=history
+            events=emitter,
+            tracker=metrics,
+            llm=llm.model,
+            usage=usage,
+            history=history,
+            approvals=approvals,
         )
 
     @provide(scope=Scope.REQUEST, cache=False)
@@ -420,6 +489,29 @@ class BenchProvider(Provider):
     @provide(scope=Scope.REQUEST, cache=False)
     def agents_for(self, objects: RequestObjects) -> BoundRunAgents:
         return objects.agents_for()
+
+    @provide(scope=Scope.REQUEST, cache=False)
+    def agent_of_route(self, objects: RequestObjects) -> BoundAgentOfRoute:
+        return objects.agent_of_route()
+
+    @provide(scope=Scope.REQUEST)
+    def approval(
+        self,
+        transactions: Transactions,
+        agent_of_route: BoundAgentOfRoute,
+        runs: RunRegistry,
+        broker: EventBroker,
+        lease: Lease,
+        metrics: Metrics,
+    ) -> ApprovalService:
+        return ApprovalService(
+            transactions=transactions,
+            agent_of_route=agent_of_route,
+            runs=runs,
+            broker=broker,
+            lease=lease,
+            metrics=metrics,
+        )
 
     @provide(scope=Scope.REQUEST)
     def threads(self, transactions: Transactions, canceller: RunCanceller) -> ThreadService:
@@ -461,6 +553,8 @@ DISHKA_TYPES: tuple[Any, ...] = (
     TriageAgent,
     Supervisor,
     BoundRunAgents,
+    BoundAgentOfRoute,
+    ApprovalService,
     ThreadService,
     ChatService,
 )
@@ -479,6 +573,8 @@ def make_dishka_container(app: AppObjects) -> AsyncContainer:
             Lease: app.lease,
             RunEnder: app.ender,
             RunCanceller: app.canceller,
+            RunPauser: app.pauser,
+            ApprovalPolicy: app.approvals,
             AppObjects: app,
         },
     )
@@ -521,6 +617,8 @@ def manual_iteration(app: AppObjects, sink: Sink = None) -> Iteration:
                 objects.triage(),
                 objects.supervisor(),
                 objects.agents_for(),
+                objects.agent_of_route(),
+                approval_service(objects),
                 thread_service(objects),
                 chat_service(objects),
             ]
@@ -554,16 +652,24 @@ def check_providers() -> None:
 def describe(value: object) -> str:
     """What a resolved object is, as far as the comparison of the three graphs goes."""
     name = type(value).__name__
-    if isinstance(value, (RunAgents, BoundRunAgents)):
-        return "agents_for"  # isochat's sets the run context in the scope; the others need none
+    if isinstance(value, WithScopeValue):
+        # isochat's sets the run context in the scope; the others need none.
+        built = getattr(value._build, "provides", None)
+        return f"with_run_context({getattr(built, '__name__', built)})"
+    if isinstance(value, (BoundRunAgents, BoundAgentOfRoute)):
+        return f"with_run_context({value.builds})"
     if isinstance(value, ToolAgent):
         tools = [type(tool).__name__ for tool in value._tools.values()]
         history = type(value._history).__name__ if value._history is not None else None
-        return f"{name}(tools={tools}, history={history})"
+        approvals = type(value._approvals).__name__ if value._approvals is not None else None
+        return f"{name}(tools={tools}, history={history}, approvals={approvals})"
     if isinstance(value, TriageAgent):
         return f"{name}(routes={list(value._routes)})"
     if isinstance(value, Supervisor):
-        return f"{name}(triage={type(value._triage).__name__}, routes={list(value._routes)})"
+        return (
+            f"{name}(triage={type(value._triage).__name__}, routes={list(value._routes)}, "
+            f"pauser={type(value._pauser).__name__})"
+        )
     if isinstance(value, Mapping):
         return f"routes({', '.join(f'{k}: {type(v).__name__}' for k, v in value.items())})"
     return name
