@@ -50,6 +50,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/ws_load.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/cancel_latency.py
+	$(BIN)/python bench/approvals.py
 
 # After changing dependencies in pyproject.toml: new pins (and hashes) for both targets.
 lock: | $(BIN)/python
