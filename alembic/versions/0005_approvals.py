@@ -35,6 +35,9 @@ def upgrade() -> None:
         sqlite_where=sa.text(ACTIVE_WHERE),
         postgresql_where=sa.text(ACTIVE_WHERE),
     )
+    # Read by run and by thread without scanning (a decision reads the run's question).
+    op.create_index("ix_messages_run_id", "messages", ["run_id"])
+    op.create_index("ix_runs_thread_id", "runs", ["thread_id"])
     op.create_table(
         "run_approvals",
         sa.Column("run_id", sa.String(length=36), nullable=False),
@@ -60,6 +63,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("run_approvals")
+    op.drop_index("ix_runs_thread_id", table_name="runs")
+    op.drop_index("ix_messages_run_id", table_name="messages")
     op.drop_index("uq_runs_one_active_per_thread", table_name="runs")
     op.create_index(
         "uq_runs_one_running_per_thread",

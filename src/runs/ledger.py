@@ -43,7 +43,7 @@ from src.runs.domain import (
     iso,
 )
 from src.services.database.models import APPROVALS, EVENTS, MESSAGES, RUNS, THREADS, UTCDateTime
-from src.services.database.repositories import assistant_message, event_of, run_of
+from src.services.database.repositories import assistant_message, event_of, run_of, user_message
 from src.services.errors import Conflict, Invalid, NotFound, RateLimited, RunInProgress
 
 EndStatus = Literal["completed", "failed", "cancelled"]
@@ -412,6 +412,30 @@ def _this_pause(run_id: str) -> Any:
     """The run's latest pause (its approvals rows)."""
     latest = select(func.max(APPROVALS.c.pause)).where(APPROVALS.c.run_id == run_id)
     return and_(APPROVALS.c.run_id == run_id, APPROVALS.c.pause == latest.scalar_subquery())
+
+
+@dataclass(frozen=True, slots=True)
+class PausedRun:
+    """A paused run as a decision needs it: the run, its pending calls, and its question."""
+
+    run: Run
+    pending: list[PendingCall]
+    content: str
+
+
+def paused_run(conn: Connection, *, run_id: str, user_id: str) -> PausedRun | Run | None:
+    """The user's run: as ``PausedRun`` when it awaits approval, else as it is (None when
+    the user has no such run)."""
+    row = conn.execute(select(RUNS).where(RUNS.c.id == run_id, RUNS.c.user_id == user_id)).first()
+    if row is None:
+        return None
+    run = run_of(row)
+    if run.status != "awaiting_approval":
+        return run
+    question = user_message(conn, run_id=run_id)
+    return PausedRun(
+        run, pending_calls(conn, run_id=run_id), "" if question is None else question.content
+    )
 
 
 def pending_calls(conn: Connection, *, run_id: str) -> list[PendingCall]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from src.agents.base import Agent
 from src.runs import ledger
@@ -17,7 +18,6 @@ from src.runs.leases import Lease
 from src.runs.registry import RunRegistry
 from src.services.auth import Caller
 from src.services.broker import EventBroker
-from src.services.database import repositories as repo
 from src.services.database.engine import Transactions
 from src.services.errors import Conflict, Invalid, NotFound
 from src.services.metrics import Metrics
@@ -54,18 +54,17 @@ class ApprovalService:
         the caller to start. ``NotFound`` (another user's run), ``Conflict`` (not paused, or a
         call decided already), ``Invalid`` (a call that is not pending, an edit that does not
         fit its tool)."""
-        run = await self._paused_run(caller.user_id, run_id)
-        pending = {c.call_id: c for c in await self._tx.read(ledger.pending_calls, run_id=run.id)}
-        content = await self._tx.read(repo.user_message, run_id=run.id)
+        paused = await self._paused_run(caller.user_id, run_id)
+        run = paused.run
         context = RunContext(
             run_id=run.id,
             thread_id=run.thread_id,
             user_id=run.user_id,
             request_id=request_id,
             grants=caller.grants,
-            content="" if content is None else content.content,
+            content=paused.content,
         )
-        self._check_edits(context, run.route, decisions, pending)
+        self._check_edits(context, run.route, decisions, {c.call_id: c for c in paused.pending})
         now = utcnow()
         self._runs.starting(run.id)  # a cancel of the resumed run reaches its task
         try:
@@ -96,23 +95,24 @@ class ApprovalService:
                 await self._broker.publish(run.user_id, event)
             except Exception as exc:  # stored: followers get it from the store
                 log.warning("publishing a decision on run %s failed: %s", run.id, repr(exc))
-        after = await self._tx.read(repo.get_run, run_id=run.id, user_id=caller.user_id)
-        assert after is not None
         if decided.resumed is None:
             self._runs.not_started(run.id)
-            return after, None
+            return run, None
         state, route, every = decided.resumed
-        return after, Resumed(context=context, route=route, state=state, decisions=every)
+        resumed = Resumed(context=context, route=route, state=state, decisions=every)
+        return replace(run, status="running"), resumed
 
-    async def _paused_run(self, user_id: str, run_id: str) -> Run:
-        run = None
+    async def _paused_run(self, user_id: str, run_id: str) -> ledger.PausedRun:
+        found = None
         if is_uuid(run_id):
-            run = await self._tx.read(repo.get_run, run_id=run_id, user_id=user_id)
-        if run is None:
+            found = await self._tx.read(ledger.paused_run, run_id=run_id, user_id=user_id)
+        if found is None:
             raise NotFound("run not found")
-        if run.status != "awaiting_approval":
-            raise Conflict(f"the run is not awaiting approval ({run.status})", run=run.to_json())
-        return run
+        if isinstance(found, Run):
+            raise Conflict(
+                f"the run is not awaiting approval ({found.status})", run=found.to_json()
+            )
+        return found
 
     def _check_edits(
         self,

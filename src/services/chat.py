@@ -100,7 +100,7 @@ class ChatService:
             grants=caller.grants,
             content=content,
         )
-        ended = await self._run_to_end(run, context)
+        ended = await self._run_to_end(context)
         if isinstance(ended, Ended):
             return ended.run, ended.message
         # Paused for approval, or ended by someone else (a cancel from another process, the
@@ -156,32 +156,29 @@ class ChatService:
     async def resume_run(self, resumed: Resumed) -> None:
         """Go on with a run its last decision resumed (already ``running`` under this
         process's lease), in this request scope, to its end or its next pause."""
-        ctx = resumed.context
-        run = Run.running(
-            id=ctx.run_id, thread_id=ctx.thread_id, user_id=ctx.user_id, created_at=utcnow()
-        )
-        await self._run_to_end(run, ctx, resumed=resumed)
+        await self._run_to_end(resumed.context, resumed=resumed)
 
     async def _run_to_end(
-        self, run: Run, context: RunContext, *, resumed: Resumed | None = None
+        self, context: RunContext, *, resumed: Resumed | None = None
     ) -> Ended | Paused | None:
         """The run's agents in a task of their own (so that a cancel reaches exactly this run),
         to the run's one end, or its pause."""
-        bind(run_id=run.id, thread_id=run.thread_id, user_id=run.user_id)  # its task inherits
+        ctx = context  # its ids name the run throughout
+        bind(run_id=ctx.run_id, thread_id=ctx.thread_id, user_id=ctx.user_id)  # its task inherits
         try:
             agents = self._agents_for(context)
         except Exception as exc:
             # The run exists: it must still end, or its thread would stay locked.
-            log_failure(log, "the agents of run %s could not be built", run.id, exc=exc)
-            self._runs.not_started(run.id)
+            log_failure(log, "the agents of run %s could not be built", ctx.run_id, exc=exc)
+            self._runs.not_started(ctx.run_id)
             return await self._ender.end(
-                run_id=run.id,
-                thread_id=run.thread_id,
-                user_id=run.user_id,
+                run_id=ctx.run_id,
+                thread_id=ctx.thread_id,
+                user_id=ctx.user_id,
                 outcome=Outcome.failed(NOT_STARTED),
             )
         task = asyncio.create_task(agents.run() if resumed is None else agents.resume(resumed))
-        self._runs.add(run.id, task)
+        self._runs.add(ctx.run_id, task)
         try:
             return await task
         except asyncio.CancelledError as cancel:

@@ -81,7 +81,11 @@ class MessageRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index("ix_messages_thread_created", "thread_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_messages_thread_created", "thread_id", "created_at"),
+        # A run's own messages (its question, its answer), read when it resumes or ends.
+        Index("ix_messages_run_id", "run_id"),
+    )
 
 
 class RunRow(Base):
@@ -125,6 +129,8 @@ class RunRow(Base):
             postgresql_where=text(ACTIVE_WHERE),
         ),
         Index("ix_runs_status", "status"),
+        # A thread's runs, all of them (deleting a thread, its pages of runs).
+        Index("ix_runs_thread_id", "thread_id"),
         # Named ck_runs_status by the naming convention. A writer with a typo in a status
         # fails loudly instead of storing a run that no reader understands.
         CheckConstraint(
