@@ -36,6 +36,19 @@ def blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
+async def run_script(code: str, server: str, directory: Path) -> str:
+    """A README shell session, run with bash against ``server`` (failing on any error): what
+    it printed."""
+    script = directory / "session.sh"
+    script.write_text("set -euo pipefail\n" + code)
+    process = await asyncio.create_subprocess_exec(
+        "bash", str(script), env={**os.environ, "API": f"http://{server}"}, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_the_plugin_examples_run_as_printed(container: AppContainer) -> None:
     """The examples define a tool with its schema, a function tool, and a container that
     adds the `support` route beside isochat's, in a real app's request providers."""
@@ -100,19 +113,7 @@ async def test_the_curl_examples_run_as_printed(live_server: str, tmp_path: Path
     same run as server-sent events to its final event, a background run cancelled (or found
     ended) and its events streamed."""
     [code] = blocks(section("Using it"), "sh")
-    script = tmp_path / "using-it.sh"
-    script.write_text("set -euo pipefail\n" + code)
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        str(script),
-        env={**os.environ, "API": f"http://{live_server}"},
-        stdout=PIPE,
-        stderr=PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-
-    assert process.returncode == 0, err.decode()
-    text = out.decode()
+    text = await run_script(code, live_server, tmp_path)
     assert '{"status":"completed","route":"math","answer":"(12 + 3) * 4 = 60"}' in text
     assert '"run_started"' in text and '"run_completed"' in text
     sse = text[text.index("id: 1\nevent: run_started") :]
@@ -132,21 +133,10 @@ async def test_the_approvals_example_runs_as_printed(
     run's stream ends with the answer. Every printed comment is what the line above prints."""
     container.approvals.override(providers.Object(ApprovalPolicy(["calculator"])))
     [code] = blocks(section("Approvals"), "sh")
-    script = tmp_path / "approvals.sh"
-    script.write_text("set -euo pipefail\n" + code)
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        str(script),
-        env={**os.environ, "API": f"http://{live_server}"},
-        stdout=PIPE,
-        stderr=PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-
-    assert process.returncode == 0, err.decode()
+    text = await run_script(code, live_server, tmp_path)
     # What README says each command prints: its "# ..." lines (without a remark in brackets).
     said = [
         line.removeprefix("# ").split("  (")[0] for line in code.splitlines() if line[:2] == "# "
     ]
-    assert out.decode().splitlines() == said
+    assert text.splitlines() == said
     assert said[-1] == "6 * 7 = 42"
