@@ -54,11 +54,15 @@ class Host:
         return events
 
     async def ended(self, run_id: str) -> dict[str, Any]:
-        """The run once it has ended (polled: it goes on in the background)."""
+        """The run once it has ended."""
+        return await self.reaches(run_id, "completed", "failed", "cancelled")
+
+    async def reaches(self, run_id: str, *statuses: str) -> dict[str, Any]:
+        """The run once it is in one of ``statuses`` (polled: it goes on in the background)."""
         async with asyncio.timeout(WITHIN_S):
             while True:
                 run = await self.run(run_id)
-                if run["status"] in ("completed", "failed", "cancelled"):
+                if run["status"] in statuses:
                     return run
                 await asyncio.sleep(0.02)
 
@@ -376,3 +380,24 @@ async def test_a_teams_tool_decides_from_its_input(tmp_path: Path) -> None:
                 assert waiting["run"]["status"] == "awaiting_approval"
         finally:
             await shutdown(container)
+
+
+async def test_a_resumed_run_may_pause_again(model_host: Host) -> None:
+    """A model that calls the waiting tool at every turn: each turn pauses, each approval
+    resumes the run and it pauses again (a model may reuse its call ids: each pause is its
+    own), until the run is cancelled; seq goes on through all of it."""
+    forever = '[route:math] [calls-forever:calculator={"expression": "1+1"}]'
+    run, [first] = await paused(model_host, forever)
+    for round_ in range(3):
+        call_id = (await model_host.events(run["id"]))[-1]["data"]["call_id"]
+        decided = await model_host.decide(run["id"], {"call_id": call_id, "decision": "approve"})
+        assert decided.status_code == 202, decided.text
+        await model_host.reaches(run["id"], "awaiting_approval")
+        events = await model_host.events(run["id"])
+        assert types(events).count("approval_requested") == round_ + 2
+    cancelled = await model_host.post(f"/api/runs/{run['id']}/cancel", None)
+    assert cancelled.json()["run"]["status"] == "cancelled"
+    events = await model_host.events(run["id"])
+    assert_one_sequence(events)
+    assert types(events).count("tool_completed") == 3
+    assert first["data"]["call_id"] == events[-2]["data"]["call_id"]  # the same id, each pause
