@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from src.runs import ledger
+from src.runs import pauses
 from src.runs.domain import Decision, Event, Pause, RunContext, RunError, iso, utcnow
 from src.services.broker import EventBroker
 from src.services.database.engine import Database
@@ -64,7 +64,7 @@ class RunPauser:
         now = utcnow()
         expires_at = now + timedelta(seconds=self._timeout_s)
         events = await self._database.write(
-            ledger.pause,
+            pauses.pause,
             run_id=context.run_id,
             thread_id=context.thread_id,
             pause=pause,

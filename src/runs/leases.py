@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from src.runs import ledger
+from src.runs import ledger, pauses
 from src.runs.approvals import approval_expired
 from src.runs.domain import utcnow
 from src.runs.ender import Outcome, RunEnder
@@ -109,7 +109,7 @@ class LeaseKeeper:
         whose pause for approval had expired as ``approval_expired``; how many it ended."""
         now = now or utcnow()
         ended = 0
-        for run in await self._database.write(ledger.expired_pauses, now=now):
+        for run in await self._database.write(pauses.expired_pauses, now=now):
             closed = await self._ender.end(
                 run_id=run.id,
                 thread_id=run.thread_id,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from src.agents.base import Agent
-from src.runs import ledger
+from src.runs import pauses
 from src.runs.approvals import Resumed
 from src.runs.domain import Decision, PendingCall, Run, RunContext, utcnow
 from src.runs.leases import Lease
@@ -69,7 +69,7 @@ class ApprovalService:
         self._runs.starting(run.id)  # a cancel of the resumed run reaches its task
         try:
             decided = await self._tx.write(
-                ledger.decide,
+                pauses.decide,
                 run_id=run.id,
                 user_id=caller.user_id,
                 decisions=decisions,
@@ -102,10 +102,10 @@ class ApprovalService:
         resumed = Resumed(context=context, route=route, state=state, decisions=every)
         return replace(run, status="running"), resumed
 
-    async def _paused_run(self, user_id: str, run_id: str) -> ledger.PausedRun:
+    async def _paused_run(self, user_id: str, run_id: str) -> pauses.PausedRun:
         found = None
         if is_uuid(run_id):
-            found = await self._tx.read(ledger.paused_run, run_id=run_id, user_id=user_id)
+            found = await self._tx.read(pauses.paused_run, run_id=run_id, user_id=user_id)
         if found is None:
             raise NotFound("run not found")
         if isinstance(found, Run):
