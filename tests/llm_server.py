@@ -27,8 +27,8 @@ import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -193,16 +193,24 @@ class FakeModelServer:
             self.stream_closed.set()
 
 
+M = TypeVar("M", bound=FakeModelServer)
+
+
 @asynccontextmanager
-async def served_model() -> AsyncIterator[FakeModelServer]:
-    """A fake model server on a free loopback port, for the block (``base_url`` set)."""
-    server = FakeModelServer()
+async def serving_model(server: M) -> AsyncIterator[M]:
+    """``server`` on a free loopback port in the test's event loop, for the block
+    (``base_url`` set); the answers it holds (``hang``) are released when the block ends."""
     async with serving(server.app) as address:
         server.base_url = f"http://{address}/v1"
         try:
             yield server
         finally:
             server.release()
+
+
+def served_model() -> AbstractAsyncContextManager[FakeModelServer]:
+    """A fake model server, served for the block (``serving_model``)."""
+    return serving_model(FakeModelServer())
 
 
 def _parse_call(item: str) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from src.runs import pauses
 from src.runs.domain import Decision, Event, Pause, RunContext, RunError, iso, utcnow
-from src.services.broker import EventBroker
+from src.services.broker import EventBroker, publish_stored
 from src.services.database.engine import Database
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,5 @@ class RunPauser:
             len(pause.pending),
             iso(expires_at),
         )
-        for event in events:
-            try:
-                await self._broker.publish(context.user_id, event)
-            except Exception as exc:  # stored: followers get it from the store
-                log.warning(
-                    "publishing event %s of run %s failed: %s", event.seq, event.run_id, repr(exc)
-                )
+        await publish_stored(self._broker, context.user_id, events)
         return events

@@ -18,7 +18,7 @@ from src.aio import uninterrupted
 from src.runs import ledger
 from src.runs.domain import Event, RunContext, utcnow
 from src.runs.leases import Lease
-from src.services.broker import EventBroker
+from src.services.broker import EventBroker, publish_stored
 from src.services.database.engine import Database
 from src.services.database.failures import unavailable
 
@@ -73,11 +73,7 @@ class EventEmitter:
             event = await self._stored_all_the_same(type_, now, failure=exc)
         if route is not None and self._route == route:
             self._route = None
-        try:
-            await self._broker.publish(ctx.user_id, event)
-        except Exception:
-            # The event is stored: a follower that missed it live gets it from the store.
-            log.exception("publishing event %s of run %s failed", event.seq, event.run_id)
+        await publish_stored(self._broker, ctx.user_id, [event])
         return event
 
     async def _stored_all_the_same(self, type_: str, ts: datetime, *, failure: Exception) -> Event:

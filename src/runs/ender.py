@@ -30,7 +30,7 @@ from src.aio import uninterrupted
 from src.runs import ledger
 from src.runs.domain import Run, RunError, RunStatus, Usage, utcnow
 from src.runs.ledger import Ended, EndStatus
-from src.services.broker import EventBroker
+from src.services.broker import EventBroker, publish_stored
 from src.services.database.engine import Database
 from src.services.database.failures import DatabaseUnavailable, unavailable
 from src.services.metrics import Metrics
@@ -170,10 +170,7 @@ class RunEnder:
         if ended is None:
             return None
         self._count(ended, outcome)
-        try:
-            await self._broker.publish(user_id, ended.event)
-        except Exception as exc:  # stored: followers get it from the store
-            log.warning("publishing the end of run %s failed: %s", run_id, repr(exc))
+        await publish_stored(self._broker, user_id, [ended.event])
         return ended
 
     async def _read_back(self, run_id: str) -> Run | Ended | Exception | None:

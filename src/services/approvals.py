@@ -17,7 +17,7 @@ from src.runs.domain import Decision, PendingCall, Run, RunContext, utcnow
 from src.runs.leases import Lease
 from src.runs.registry import RunRegistry
 from src.services.auth import Caller
-from src.services.broker import EventBroker
+from src.services.broker import EventBroker, publish_stored
 from src.services.database.engine import Transactions
 from src.services.errors import Conflict, Invalid, NotFound
 from src.services.metrics import Metrics
@@ -90,11 +90,7 @@ class ApprovalService:
                 decision.call_id,
                 run.id,
             )
-        for event in decided.events:
-            try:
-                await self._broker.publish(run.user_id, event)
-            except Exception as exc:  # stored: followers get it from the store
-                log.warning("publishing a decision on run %s failed: %s", run.id, repr(exc))
+        await publish_stored(self._broker, run.user_id, decided.events)
         if decided.resumed is None:
             self._runs.not_started(run.id)
             return run, None

@@ -8,13 +8,16 @@ workers (Redis) implements the same port and nothing else changes: agents and ro
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 from src.runs.domain import Event
 
 Frame = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 class Subscription:
@@ -37,6 +40,19 @@ class Subscription:
             self.frames.put_nowait(frame)
         except asyncio.QueueFull:
             self.overflowed.set()
+
+
+async def publish_stored(broker: EventBroker, user_id: str, events: Iterable[Event]) -> None:
+    """Publish events already stored. A publish that fails is logged and goes no further: the
+    events are in the store, and every follower fills from there what it missed live
+    (``src/runs/follower.py``)."""
+    for event in events:
+        try:
+            await broker.publish(user_id, event)
+        except Exception as exc:  # text: a record must not keep the run's frames alive
+            log.warning(
+                "publishing event %s of run %s failed: %s", event.seq, event.run_id, repr(exc)
+            )
 
 
 class EventBroker(Protocol):

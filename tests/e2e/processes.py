@@ -20,7 +20,6 @@ import httpx
 
 from src.runs.domain import FINAL_EVENT_TYPES
 from tests.e2e.test_server import ISOCHAT, Server, environment, free_port
-from tests.helpers import serving
 from tests.llm_server import FakeModelServer
 
 BOUND_S = 60.0
@@ -109,19 +108,6 @@ async def wait_until_ready(server: Server) -> dict[str, Any]:
                     return body
             await asyncio.sleep(POLL_S)
     raise AssertionError(f"the server did not get ready:\n{server.log.read_text()}")
-
-
-@asynccontextmanager
-async def model_server() -> AsyncIterator[FakeModelServer]:
-    """The fake OpenAI-compatible model on a real uvicorn in the test's event loop; requests
-    it holds (``hang``) are released when the block ends."""
-    model = FakeModelServer()
-    async with serving(model.app) as address:
-        model.base_url = f"http://{address}/v1"
-        try:
-            yield model
-        finally:
-            model.release()
 
 
 def model_env(model: FakeModelServer) -> dict[str, str]:

@@ -44,9 +44,8 @@ from tests.helpers import (
     fresh_postgres_database,
     new_thread,
     reachable_redis,
-    serving,
 )
-from tests.llm_server import FakeModelServer
+from tests.llm_server import FakeModelServer, serving_model
 from tests.ws import Frame, Socket, open_socket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -138,13 +137,8 @@ def _last_user(body: dict[str, Any]) -> str:
 @pytest.fixture
 async def model() -> AsyncIterator[ModelThatHangsAfterTools]:
     """Served in the test's event loop; the answers it holds are released when it stops."""
-    model = ModelThatHangsAfterTools()
-    async with serving(model.app) as address:
-        model.base_url = f"http://{address}/v1"
-        try:
-            yield model
-        finally:
-            model.release()
+    async with serving_model(ModelThatHangsAfterTools()) as model:
+        yield model
 
 
 async def start_hosts(hosts: Processes, env: dict[str, str], *names: str) -> list[Server]:

@@ -27,7 +27,6 @@ from tests.e2e.processes import (
     exit_code,
     login,
     model_env,
-    model_server,
     processes,
     until_model_holds,
     wait_until_ready,
@@ -40,7 +39,7 @@ from tests.helpers import (
     reachable_redis,
     wait_for_run,
 )
-from tests.llm_server import FakeModelServer
+from tests.llm_server import FakeModelServer, served_model
 from tests.ws import open_socket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -56,7 +55,7 @@ async def database() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def model() -> AsyncIterator[FakeModelServer]:
-    async with model_server() as model:
+    async with served_model() as model:
         yield model
 
 

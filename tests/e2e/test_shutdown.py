@@ -22,14 +22,13 @@ from tests.e2e.processes import (
     exit_code,
     login,
     model_env,
-    model_server,
     processes,
     until,
     until_model_holds,
     wait_until_ready,
 )
 from tests.helpers import new_thread, wait_for_run
-from tests.llm_server import FakeModelServer
+from tests.llm_server import FakeModelServer, served_model
 from tests.ws import open_socket
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +36,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 async def model() -> AsyncIterator[FakeModelServer]:
-    async with model_server() as model:
+    async with served_model() as model:
         yield model
 
 
