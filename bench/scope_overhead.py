@@ -60,6 +60,7 @@ from src.runs.cancel import RunCanceller
 from src.runs.domain import RunContext
 from src.runs.emitter import EventEmitter
 from src.runs.ender import RunEnder
+from src.runs.follower import StoredEvents
 from src.runs.leases import Lease
 from src.runs.registry import RunRegistry
 from src.runs.usage import RunUsage
@@ -136,6 +137,7 @@ class AppObjects:
     canceller: RunCanceller
     pauser: RunPauser
     approvals: ApprovalPolicy
+    event_store: StoredEvents
 
     @classmethod
     def of(cls, container: AppContainer) -> AppObjects:
@@ -151,6 +153,7 @@ class AppObjects:
             canceller=container.canceller(),
             pauser=container.pauser(),
             approvals=container.approvals(),
+            event_store=container.event_store(),
         )
 
 
@@ -317,6 +320,8 @@ def chat_service(objects: RequestObjects) -> ChatService:
         canceller=app.canceller,
         lease=app.lease,
         settings=SETTINGS,
+        broker=app.broker,
+        store=app.event_store,
     )
 
 
@@ -355,6 +360,7 @@ class BenchProvider(Provider):
     lease = from_context(provides=Lease, scope=Scope.APP)
     ender = from_context(provides=RunEnder, scope=Scope.APP)
     canceller = from_context(provides=RunCanceller, scope=Scope.APP)
+    event_store = from_context(provides=StoredEvents, scope=Scope.APP)
     pauser = from_context(provides=RunPauser, scope=Scope.APP)
     approvals = from_context(provides=ApprovalPolicy, scope=Scope.APP)
     app = from_context(provides=AppObjects, scope=Scope.APP)
@@ -526,6 +532,8 @@ class BenchProvider(Provider):
         ender: RunEnder,
         canceller: RunCanceller,
         lease: Lease,
+        broker: EventBroker,
+        store: StoredEvents,
     ) -> ChatService:
         return ChatService(
             transactions=transactions,
@@ -535,6 +543,8 @@ class BenchProvider(Provider):
             canceller=canceller,
             lease=lease,
             settings=SETTINGS,
+            broker=broker,
+            store=store,
         )
 
 
@@ -573,6 +583,7 @@ def make_dishka_container(app: AppObjects) -> AsyncContainer:
             Lease: app.lease,
             RunEnder: app.ender,
             RunCanceller: app.canceller,
+            StoredEvents: app.event_store,
             RunPauser: app.pauser,
             ApprovalPolicy: app.approvals,
             AppObjects: app,

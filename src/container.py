@@ -15,7 +15,10 @@ Tests swap any provider with ``container.<name>.override(...)`` or
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from dependency_injector import containers, providers
@@ -25,6 +28,7 @@ from src.agents.specialists import GeneralAgent, HistoryAgent, MathAgent
 from src.agents.supervisor import Supervisor
 from src.agents.tools import Calculator, ConversationHistory
 from src.agents.triage import Route, TriageAgent, agent_of, with_routes
+from src.logs import bind
 from src.plugins import plug_in, plugin_classes
 from src.runs.approvals import RunPauser
 from src.runs.cancel import RunCanceller
@@ -32,6 +36,7 @@ from src.runs.emitter import EventEmitter
 from src.runs.ender import RunEnder
 from src.runs.follower import StoredEvents
 from src.runs.leases import Lease, LeaseKeeper
+from src.runs.queue import Promoted
 from src.runs.registry import RunRegistry
 from src.runs.usage import RunUsage
 from src.scoping import RequestResource, RequestScope, Scoped, ScopeValue, WithScopeValue
@@ -93,6 +98,35 @@ def same(value: T) -> T:
     return value
 
 
+def in_a_scope_of_its_own(
+    container: AppContainer, work: Callable[[], Awaitable[object]], *, request_id: str | None
+) -> asyncio.Task[None]:
+    """Run ``work`` (a use case of ``container.request``) in a request scope of its own, in a
+    task the run registry keeps (and shutdown ends): for a run that outlives the request, or
+    the process's part, that started it. Its log lines carry ``request_id``."""
+
+    async def run() -> None:
+        bind(request_id=request_id)
+        async with request_scope(container, request_id=request_id):
+            await work()
+
+    # The task runs in a copy of this context, where it opens the run's own scope.
+    task = asyncio.create_task(run())
+    container.runs().adopt(task)
+    return task
+
+
+def start_queued(container: AppContainer, promoted: Promoted) -> None:
+    """Run a queued run that the end of the run ahead of it started here (``running`` under
+    this process's lease), under the request id that queued it."""
+    container.runs().starting(promoted.run.id)  # a cancel from now on reaches its task
+    in_a_scope_of_its_own(
+        container,
+        lambda: container.request.chat().run_promoted(promoted),
+        request_id=promoted.context.request_id,
+    )
+
+
 class RequestContainer(containers.DeclarativeContainer):
     # From the application (AppContainer wires these).
     settings = providers.Dependency(instance_of=Settings)
@@ -106,6 +140,7 @@ class RequestContainer(containers.DeclarativeContainer):
     canceller = providers.Dependency(instance_of=RunCanceller)
     pauser = providers.Dependency(instance_of=RunPauser)
     approvals = providers.Dependency(instance_of=ApprovalPolicy)
+    event_store = providers.Dependency(instance_of=StoredEvents)
 
     # One per request scope.
     run_context = ScopeValue("run_context")
@@ -221,11 +256,14 @@ class RequestContainer(containers.DeclarativeContainer):
             canceller=canceller,
             lease=lease,
             settings=settings,
+            broker=broker,
+            store=event_store,
         )
     )
 
 
 class AppContainer(containers.DeclarativeContainer):
+    __self__ = providers.Self()
     settings = providers.Dependency(instance_of=Settings)
     metrics = providers.Singleton(Metrics, settings.provided.prometheus_multiproc_dir)
     engine = providers.Singleton(
@@ -244,13 +282,15 @@ class AppContainer(containers.DeclarativeContainer):
     # This process's name on the runs it executes; one per process (and per app in tests).
     lease = providers.Singleton(Lease.for_this_process, length_s=settings.provided.run_lease_s)
     # The one way a run ends, whoever ends it; an end it cannot store within a lease is left
-    # to the lease sweep.
+    # to the lease sweep. The thread's next queued run, which the end starts, runs here.
     ender = providers.Singleton(
         RunEnder,
         database=database,
         broker=broker,
         metrics=metrics,
         retry_for_s=settings.provided.run_lease_s,
+        lease=lease,
+        starter=providers.Callable(functools.partial, start_queued, __self__),
     )
     # Where followers read what the live stream missed (SSE, sockets, cancels).
     event_store = providers.Singleton(StoredEvents, database)
@@ -337,6 +377,7 @@ class AppContainer(containers.DeclarativeContainer):
         canceller=canceller,
         pauser=pauser,
         approvals=approvals,
+        event_store=event_store,
     )
 
 
@@ -369,8 +410,9 @@ async def startup(container: AppContainer) -> None:
 async def shutdown(container: AppContainer) -> None:
     """Release the application's objects, in order: runs still going end ``cancelled`` (not
     left ``running``; a run whose end cannot be written within the database deadline is left
-    to the lease sweep), then the limiters', the broker's, the model's and the database's
-    connections close."""
+    to the lease sweep) and start no queued run (those wait for a live process), then the
+    limiters', the broker's, the model's and the database's connections close."""
+    container.ender().stop_starting()
     left = await container.runs().cancel_all(timeout_s=container.database().step_timeout_s)
     if left:
         log.warning("%d run(s) did not record their end at shutdown; their leases expire", left)

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from src.runs.domain import Multitask
+
 # Known to everybody who can read this file: fine on a laptop, refused in production.
 DEVELOPMENT_AUTH_SECRET = "isochat-development-secret-change-me"
 ENV_PREFIX = "ISOCHAT_"
@@ -105,6 +107,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=300, ge=1)
     rate_limit_burst: int = Field(default=60, ge=1)
     max_running_runs_per_user: int = Field(default=8, ge=1)
+    # A message sent while its thread has a run going: reject (409), enqueue, interrupt or
+    # rollback (docs/api.md, "Messages while a run is busy"), unless the message says.
+    multitask_default: Multitask = "reject"
+    # Runs that may wait their turn on one thread (beyond: 429).
+    max_queued_runs: int = Field(default=10, ge=0)
     max_ws_connections_per_user: int = Field(default=8, ge=1)
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)

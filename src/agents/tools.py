@@ -189,10 +189,14 @@ class ConversationHistory(Tool[NoInput]):
         self._context = context
 
     async def earlier(self) -> list[Message]:
-        """The thread's messages before this run's own, oldest first."""
+        """The thread's messages before this run's own question, oldest first (not the ones
+        queued behind it)."""
         ctx = self._context
         page = await self._tx.read(repo.list_messages, thread_id=ctx.thread_id, user_id=ctx.user_id)
-        return [m for m in page.items if m.run_id != ctx.run_id]
+        for n, message in enumerate(page.items):
+            if message.run_id == ctx.run_id:
+                return page.items[:n]
+        return page.items
 
     async def run(self, params: NoInput) -> str:
         return summarise_messages([(m.role, m.content) for m in await self.earlier()])

@@ -1,5 +1,6 @@
 """Cancelling a run wherever it runs, and waiting for its end instead of polling for it.
 
+    it waits its turn (queued) or for a person (paused): end it here, it has no task anywhere
     this process runs it: cancel its task, wait for the task (at most ``wait_s``)
     another does: follow the run (subscribed before anything is asked), ask every process
     through the broker, wait for its final event (at most ``wait_s``); nobody ended it: a run
@@ -16,17 +17,14 @@ import logging
 
 from src.runs.domain import Run, utcnow
 from src.runs.ender import Outcome, RunEnder
-from src.runs.follower import EventStore, Follower
+from src.runs.follower import EventStore, Follower, following, to_the_end
 from src.runs.registry import RunRegistry
-from src.services.broker import EventBroker, Subscription
+from src.services.broker import EventBroker
 
 log = logging.getLogger(__name__)
 
 # How long a cancel waits for the run's final event.
 CANCEL_WAIT_S = 3.0
-# While the broker is unreachable, a cancel reads the store this often for the end instead.
-STORE_CHECK_S = 0.1
-MAX_PENDING = 256
 
 
 class RunCanceller:
@@ -48,6 +46,8 @@ class RunCanceller:
     async def cancel(self, run: Run) -> None:
         """Have ``run`` end ``cancelled`` if it has not ended; returns once its final event is
         stored (whatever it is: it may have completed meanwhile) or after ``wait_s``."""
+        if run.status == "queued" and await self._end_queued(run):
+            return  # it never started (unless it started meanwhile: then as any other)
         if run.status == "awaiting_approval" and await self._end_paused(run):
             return
         here = self._registry.cancel(run.id)
@@ -58,11 +58,9 @@ class RunCanceller:
             await asyncio.wait((here,), timeout=self._wait_s)
             await self._end_paused(run)
             return
-        subscription, check_every_s = await self._subscribe(run.user_id)
-        try:
-            follower = Follower(
-                subscription, self._store, keepalive_s=check_every_s, run_id=run.id, after=0
-            )
+        async with following(
+            self._broker, self._store, user_id=run.user_id, run_id=run.id, keepalive_s=self._wait_s
+        ) as follower:
             if await self._ask_others(run.id) and await self._ended(follower):
                 if follower.paused:  # it paused before its process heard the cancel
                     await self._end_paused(run)
@@ -76,9 +74,18 @@ class RunCanceller:
                 outcome=Outcome.cancelled(),
                 lease_expired_before=utcnow(),
             )
-        finally:
-            # Shielded: a caller gone away must not leave the subscription behind.
-            await asyncio.shield(self._broker.unsubscribe(subscription))
+
+    async def _end_queued(self, run: Run) -> bool:
+        """End a run that waits its turn (it has no task anywhere); False when it was not
+        queued any more (it started, or ended, meanwhile)."""
+        ended = await self._ender.end(
+            run_id=run.id,
+            thread_id=run.thread_id,
+            user_id=run.user_id,
+            outcome=Outcome.cancelled(),
+            from_status="queued",
+        )
+        return ended is not None
 
     async def _end_paused(self, run: Run) -> bool:
         """End a run that waits for approval (it has no task anywhere); False when it was not
@@ -92,15 +99,6 @@ class RunCanceller:
         )
         return ended is not None
 
-    async def _subscribe(self, user_id: str) -> tuple[Subscription, float]:
-        """The user's live events and how often to read the store besides; when the broker
-        cannot deliver them now, a subscription of this cancel's own and frequent reads."""
-        try:
-            return await self._broker.subscribe(user_id, max_pending=MAX_PENDING), self._wait_s
-        except Exception as exc:
-            log.warning("a cancel follows its run from the store: %s", repr(exc))
-            return Subscription(user_id, MAX_PENDING), STORE_CHECK_S
-
     async def _ask_others(self, run_id: str) -> bool:
         """Ask every other process to cancel ``run_id``; whether any could hear."""
         try:
@@ -112,8 +110,7 @@ class RunCanceller:
     async def _ended(self, follower: Follower) -> bool:
         try:
             async with asyncio.timeout(self._wait_s):
-                async for _ in follower.frames():
-                    pass
+                await to_the_end(follower)
         except TimeoutError:
             return False
         return follower.done

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, overload
+from typing import Any, ClassVar, Literal, NotRequired, overload
 
 # typing_extensions' TypedDict: pydantic derives the OpenAPI schemas from these on Python 3.11.
 from typing_extensions import TypedDict
@@ -24,6 +24,9 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
     "failed",
     "cancelled",
 )
+# What a message sent while its thread is busy does (docs/api.md, "Messages while a run is
+# busy"): refused, queued behind, or displacing the busy run (its answer kept, or removed).
+Multitask = Literal["reject", "enqueue", "interrupt", "rollback"]
 ENDED_STATUSES: frozenset[RunStatus] = frozenset({"completed", "failed", "cancelled"})
 # The runs that hold their thread (its ``active_run_id``): at most one per thread.
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("running", "awaiting_approval")
@@ -42,6 +45,7 @@ class ThreadJSON(TypedDict):
     title: str
     created_at: str
     active_run_id: str | None
+    queued_run_ids: list[str]
 
 
 class MessageJSON(TypedDict):
@@ -51,6 +55,8 @@ class MessageJSON(TypedDict):
     content: str
     run_id: str | None
     created_at: str
+    # Only on an answer cut short by a newer message (``multitask: interrupt``): true.
+    interrupted: NotRequired[bool]
 
 
 class RunErrorJSON(TypedDict):
@@ -173,8 +179,10 @@ class Thread:
     user_id: str
     title: str
     created_at: datetime
-    # The thread's running run, if it has one (at most one: the database sees to it).
+    # The thread's running (or paused) run, if it has one (at most one: the database sees to
+    # it), and the runs queued behind it, in the order they will start.
     active_run_id: str | None = None
+    queued_run_ids: tuple[str, ...] = ()
 
     def to_json(self) -> ThreadJSON:
         return {
@@ -182,6 +190,7 @@ class Thread:
             "title": self.title,
             "created_at": iso(self.created_at),
             "active_run_id": self.active_run_id,
+            "queued_run_ids": list(self.queued_run_ids),
         }
 
 
@@ -193,9 +202,10 @@ class Message:
     content: str
     run_id: str | None
     created_at: datetime
+    interrupted: bool = False  # an answer cut short by a newer message
 
     def to_json(self) -> MessageJSON:
-        return {
+        shown: MessageJSON = {
             "id": self.id,
             "thread_id": self.thread_id,
             "role": self.role,
@@ -203,6 +213,9 @@ class Message:
             "run_id": self.run_id,
             "created_at": iso(self.created_at),
         }
+        if self.interrupted:
+            shown["interrupted"] = True
+        return shown
 
 
 @dataclass(frozen=True, slots=True)

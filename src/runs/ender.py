@@ -12,28 +12,38 @@ sweep, and shutdown (which cancels the runs' tasks) all call it. It
    another end is someone else's; no end means the write did not happen, and it is tried again
    (for up to ``retry_for_s``; past that the lease sweep ends the run once the database is back);
 3. publishes the final event once, and counts the run once in ``isochat_runs_total`` and
-   ``isochat_run_seconds`` (``finished_at - created_at``, one duration whoever ended it).
+   ``isochat_run_seconds`` (``finished_at - created_at``, one duration whoever ended it);
+4. starts the thread's next queued run, which the same transaction set ``running`` under this
+   process's lease (``src/runs/queue.py``), in a request scope of its own (``starter``).
 
-So a stored end is always published and counted, by the ender that stored it, and only by it.
-New ways in (a queued run cancelled, a paused run expiring) are new ``from_status`` values of
-the same call, not new enders.
+So a stored end is always published and counted, by the ender that stored it, and only by it,
+and a queue moves on whoever ended the run ahead. Every way in (a paused run cancelled or
+expiring, a queued run cancelled) is a ``from_status`` of the same call, not another ender.
+Once ``stop_starting`` is called (shutdown), ends start nothing: the queues they leave are
+started by any live process's sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from src.aio import uninterrupted
-from src.runs import ledger
+from src.runs import ledger, queue
 from src.runs.domain import Run, RunError, RunStatus, Usage, utcnow
-from src.runs.ledger import Ended, EndStatus
+from src.runs.ledger import Ended, EndStatus, Successor
+from src.runs.queue import Promoted
 from src.services.broker import EventBroker, publish_stored
 from src.services.database.engine import Database
 from src.services.database.failures import DatabaseUnavailable, unavailable
 from src.services.metrics import Metrics
+
+if TYPE_CHECKING:
+    from src.runs.leases import Lease
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +85,48 @@ class Outcome:
         return cls("cancelled", usage=usage, route=route)
 
 
+Starter = Callable[[Promoted], None]
+
+
 class RunEnder:
     def __init__(
-        self, *, database: Database, broker: EventBroker, metrics: Metrics, retry_for_s: float
+        self,
+        *,
+        database: Database,
+        broker: EventBroker,
+        metrics: Metrics,
+        retry_for_s: float,
+        lease: Lease,
+        starter: Starter | None = None,
     ) -> None:
         self._database = database
         self._broker = broker
         self._metrics = metrics
         self._retry_for_s = retry_for_s
+        self._lease = lease
+        self._starter = starter
+
+    def stop_starting(self) -> None:
+        """From now on, an end starts no queued run (this process is shutting down)."""
+        self._starter = None
+
+    async def start_stalled(self, thread_id: str) -> bool:
+        """Start the head of a queue that has nothing active ahead of it (its thread's run
+        ended while its process shut down); whether one started here."""
+        if self._starter is None:
+            return False
+        now = utcnow()
+        promoted = await self._database.write(
+            queue.start_stalled,
+            thread_id=thread_id,
+            owner_id=self._lease.owner_id,
+            lease_until=self._lease.until(now),
+            ts=now,
+        )
+        if promoted is None:
+            return False
+        self._start(promoted)
+        return True
 
     async def end(
         self,
@@ -123,6 +167,9 @@ class RunEnder:
         lease_expired_before: datetime | None,
     ) -> Ended | None:
         ts = utcnow()  # also how this ender knows its own end when it reads one back
+        successor = None
+        if self._starter is not None:
+            successor = Successor(self._lease.owner_id, self._lease.until(ts))
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._retry_for_s
         delay = FIRST_RETRY_S
@@ -142,6 +189,7 @@ class RunEnder:
                         usage=outcome.usage,
                         from_status=from_status,
                         lease_expired_before=lease_expired_before,
+                        successor=successor,
                     )
                     break
                 except Exception as exc:
@@ -152,7 +200,7 @@ class RunEnder:
                         "the end of run %s may not have been stored (%s)", run_id, repr(exc)
                     )
             # What is stored decides: read back before writing again, for as long as it takes.
-            stored = await self._read_back(run_id)
+            stored = await self._read_back(run_id, successor)
             if isinstance(stored, Ended):
                 mine = stored.run.finished_at == ts and stored.run.status == outcome.status
                 if mine:
@@ -170,13 +218,32 @@ class RunEnder:
         if ended is None:
             return None
         self._count(ended, outcome)
+        if ended.next is not None:
+            self._start(ended.next)  # first: its task is registered for cancels at once
         await publish_stored(self._broker, user_id, [ended.event])
         return ended
 
-    async def _read_back(self, run_id: str) -> Run | Ended | Exception | None:
+    def _start(self, promoted: Promoted) -> None:
+        log.info("run %s starts: the run ahead of it ended", promoted.run.id)
+        starter = self._starter
+        if starter is None:  # shut down meanwhile: its lease lapses, and the sweep ends it
+            log.warning("run %s was started as this process stopped", promoted.run.id)
+            return
+        try:
+            starter(promoted)
+        except Exception as exc:  # its lease lapses, and the sweep ends it
+            log.warning("run %s could not be started here: %s", promoted.run.id, repr(exc))
+
+    async def _read_back(
+        self, run_id: str, successor: Successor | None
+    ) -> Run | Ended | Exception | None:
         """What is stored of the run's end, or the error that kept it from being read."""
         try:
-            return await self._database.write(ledger.stored_end, run_id=run_id)
+            return await self._database.write(
+                ledger.stored_end,
+                run_id=run_id,
+                successor_id=None if successor is None else successor.owner_id,
+            )
         except Exception as exc:
             if not unavailable(exc):
                 raise

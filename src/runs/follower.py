@@ -30,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Protocol, cast
 
 from src.runs.domain import FINAL_EVENT_TYPES, Event, iso, utcnow
-from src.services.broker import Frame, Subscription
+from src.services.broker import EventBroker, Frame, Subscription
 from src.services.database import repositories as repo
 from src.services.database.engine import Database
 
@@ -52,13 +53,18 @@ CLOCK_SKEW_S = 5.0
 # past it, the ones that ended well before the newest event heard are forgotten.
 ENDED_KEPT = 1024
 
+# While the broker cannot deliver, a follower of one run reads the store this often instead.
+STORE_CHECK_S = 0.1
+MAX_PENDING = 256
+
 _SILENCE: Frame = {"type": "silence"}
 _BEHIND: Frame = {"type": "behind"}
 
 
 class EventStore(Protocol):
-    async def events_after(self, *, user_id: str, run_id: str, after: int) -> list[Event]:
-        """The run's stored events after seq ``after``, in order (none for another user's)."""
+    async def events_after(self, *, user_id: str, run_id: str, after: int) -> list[Event] | None:
+        """The run's stored events after seq ``after``, in order; None when the user has no
+        such run (another user's, or one rolled back by a newer message)."""
         ...
 
     async def runs_since(self, *, user_id: str, since: datetime) -> list[str]:
@@ -73,9 +79,9 @@ class StoredEvents:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def events_after(self, *, user_id: str, run_id: str, after: int) -> list[Event]:
+    async def events_after(self, *, user_id: str, run_id: str, after: int) -> list[Event] | None:
         return await self._database.read(
-            repo.list_events, run_id=run_id, user_id=user_id, after=after
+            repo.run_events, run_id=run_id, user_id=user_id, after=after
         )
 
     async def runs_since(self, *, user_id: str, since: datetime) -> list[str]:
@@ -205,6 +211,14 @@ class Follower:
         else:
             self._paused.discard(run_id)
 
+    def _gone(self, run_id: str) -> None:
+        """The run is not stored (any more): rolled back, its thread deleted, or never the
+        user's. Nothing more will come of it."""
+        self._last.pop(run_id, None)
+        self._paused.discard(run_id)
+        if run_id == self._only:
+            self.done = True
+
     async def _fill(self, run_id: str) -> list[Frame]:
         """The run's stored events after the last one delivered (delivered now)."""
         if run_id in self._ended:
@@ -218,6 +232,9 @@ class Follower:
             # Tried again at the next event of the run, or the next silence.
             log.warning("reading the events of run %s failed: %s", run_id, repr(exc))
             self._last.setdefault(run_id, after)
+            return []
+        if events is None:
+            self._gone(run_id)
             return []
         frames = []
         for event in events:
@@ -264,3 +281,29 @@ class Follower:
         cutoff = datetime.fromisoformat(self._heard) - timedelta(seconds=2 * CLOCK_SKEW_S)
         oldest = iso(cutoff)
         self._ended = {run_id: ts for run_id, ts in self._ended.items() if ts >= oldest}
+
+
+@asynccontextmanager
+async def following(
+    broker: EventBroker, store: EventStore, *, user_id: str, run_id: str, keepalive_s: float
+) -> AsyncIterator[Follower]:
+    """A follower of one run, subscribed before anything else is done (so that nothing the
+    caller then asks for falls before it); when the broker cannot deliver now, one with a
+    subscription of its own that reads the store every ``STORE_CHECK_S``. Unsubscribed on
+    every way out."""
+    try:
+        subscription = await broker.subscribe(user_id, max_pending=MAX_PENDING)
+    except Exception as exc:
+        log.warning("run %s is followed from the store: %s", run_id, repr(exc))
+        subscription, keepalive_s = Subscription(user_id, MAX_PENDING), STORE_CHECK_S
+    try:
+        yield Follower(subscription, store, keepalive_s=keepalive_s, run_id=run_id)
+    finally:
+        # Shielded: a caller gone away must not leave the subscription behind.
+        await asyncio.shield(broker.unsubscribe(subscription))
+
+
+async def to_the_end(follower: Follower) -> None:
+    """Until the followed run's final event (or its pause for approval)."""
+    async for _ in follower.frames():
+        pass

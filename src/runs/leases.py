@@ -10,6 +10,8 @@ others' runs alone.
 
 The same sweep ends runs that waited for approval longer than ``APPROVAL_TIMEOUT_S``
 (``approval_expired``); a paused run has no owner and no lease, so nothing else touches it.
+It also starts queued runs left with nothing running ahead of them (their thread's run ended
+while its process shut down, which starts nothing): a queued run has no owner either.
 
 Leases compare wall-clock times written by different hosts: their clocks must agree to within a
 small part of ``RUN_LEASE_S`` (NTP does).
@@ -25,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from src.runs import ledger, pauses
+from src.runs import ledger, pauses, queue
 from src.runs.approvals import approval_expired
 from src.runs.domain import utcnow
 from src.runs.ender import Outcome, RunEnder
@@ -132,4 +134,7 @@ class LeaseKeeper:
                 continue  # its owner wrote again, or someone else ended it, meanwhile
             ended += 1
             log.warning("run %s ended as interrupted: its owner's lease expired", run.id)
+        for thread_id in await self._database.read(queue.stalled_queues):
+            if await self._ender.start_stalled(thread_id):
+                log.info("the queue of thread %s moves on: nothing was running ahead", thread_id)
         return ended

@@ -23,23 +23,38 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
 
-from sqlalchemy import Integer, String, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from src.runs import queue
 from src.runs.domain import (
+    ACTIVE_STATUSES,
     FINAL_EVENT_OF,
     Event,
     Message,
+    Multitask,
     Run,
     RunError,
     RunStatus,
     Usage,
+    utcnow,
 )
-from src.services.database.models import EVENTS, MESSAGES, RUNS, THREADS, UTCDateTime
+from src.services.database.models import APPROVALS, EVENTS, MESSAGES, RUNS, UTCDateTime
 from src.services.database.repositories import assistant_message, event_of, run_of
 from src.services.errors import NotFound, RateLimited, RunInProgress
 
@@ -55,9 +70,6 @@ class RunAlreadyFinished(Exception):
 
 # The statements of the hot path, built once: building a statement (coercions, cache keys)
 # costs more than executing it. Tables, not ORM classes, so nothing goes through the ORM.
-_OWNED_THREAD = select(THREADS.c.id).where(
-    THREADS.c.id == bindparam("thread_id"), THREADS.c.user_id == bindparam("user_id")
-)
 _RUNNING_OF_USER = select(func.count()).where(
     RUNS.c.user_id == bindparam("user_id"), RUNS.c.status == "running"
 )
@@ -91,7 +103,13 @@ _FINISH_VALUES = {
     "pause_expires_at": None,
 }
 # The ended run comes back with the final seq: nobody has to read it again.
-_ENDED_RUN = (RUNS.c.last_seq, RUNS.c.user_id, RUNS.c.route, RUNS.c.created_at)
+_ENDED_RUN = (
+    RUNS.c.last_seq,
+    RUNS.c.user_id,
+    RUNS.c.route,
+    RUNS.c.created_at,
+    RUNS.c.preempted,
+)
 _FROM = (RUNS.c.id == bindparam("run_id"), RUNS.c.status == bindparam("from_status"))
 _FINISH = update(RUNS).where(*_FROM).values(_FINISH_VALUES).returning(*_ENDED_RUN)
 _FINISH_IF_LEASE_EXPIRED = (
@@ -120,58 +138,119 @@ _EVENT_AT = select(EVENTS).where(
 
 @dataclass(frozen=True, slots=True)
 class Ended:
-    """A run's end as stored: the run as it ended, its final event, and (completed) the
-    assistant's message."""
+    """A run's end as stored: the run as it ended, its final event, (completed) the
+    assistant's message, and the queued run of its thread that started in its place.
+    A run rolled back is not stored at all: its ``event`` is only published."""
 
     run: Run
     event: Event
     message: Message | None = None
+    next: queue.Promoted | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """Who starts the head of the thread's queue when a run ends: this process, under its
+    lease."""
+
+    owner_id: str
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A run as ``start`` stored it (``running``, or ``queued`` behind its thread's busy run),
+    its question, and the busy run it displaced (``interrupt``, ``rollback``), for the caller
+    to cancel."""
+
+    run: Run
+    message: Message
+    preempts: Run | None = None
 
 
 def start(
     conn: Connection,
     *,
-    run: Run,
-    message: Message,
-    owner_id: str,
-    lease_until: datetime,
+    run_id: str,
+    thread_id: str,
+    user_id: str,
+    content: str,
     request_id: str | None,
+    grants: frozenset[str],
+    owner_id: str,
+    lease_s: float,
     max_running_per_user: int,
-) -> None:
-    """Check the thread's owner and the user's running runs, store the user's message and the
-    run ``running`` under ``owner_id``'s lease. The database refuses a second running run on
-    the thread (``RunInProgress``)."""
-    owned = conn.scalar(_OWNED_THREAD, {"thread_id": run.thread_id, "user_id": run.user_id})
-    if owned is None:
+    multitask: Multitask,
+    max_queued: int,
+) -> Started:
+    """Store the user's message and its run: ``running`` under ``owner_id``'s lease when the
+    thread is idle; when it is busy, as ``multitask`` says (``src/runs/queue.py``):
+    ``RunInProgress``, or ``queued`` (``RateLimited`` past ``max_queued``). ``NotFound`` for
+    another user's thread. Timed here, holding the thread: messages keep the order of storing."""
+    if not queue.hold_thread(conn, thread_id=thread_id, user_id=user_id):
         raise NotFound("thread not found")
-    # Counted by the database, so the limit holds across workers and hosts too.
-    running = conn.scalar(_RUNNING_OF_USER, {"user_id": run.user_id})
-    if int(running or 0) >= max_running_per_user:
+    now = utcnow()
+    busy = queue.busy(conn, thread_id=thread_id)
+    values: dict[str, Any] = {
+        "id": run_id,
+        "thread_id": thread_id,
+        "user_id": user_id,
+        "status": "running",
+        "route": None,
+        "error_code": None,
+        "error_message": None,
+        "request_id": request_id,
+        "created_at": now,
+        "finished_at": None,
+        "owner_id": owner_id,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "last_seq": 0,
+    }
+    preempts = None
+    if busy is None:
+        # Counted by the database, so the limit holds across workers and hosts too.
+        running = conn.scalar(_RUNNING_OF_USER, {"user_id": user_id})
+        if int(running or 0) >= max_running_per_user:
+            raise RateLimited(
+                f"at most {max_running_per_user} runs may be in progress at once", retry_after_s=1
+            )
+    elif multitask == "reject":
+        raise RunInProgress("another run of this thread is in progress", run_id=busy.first)
+    elif len(busy.queued) >= max_queued:
         raise RateLimited(
-            f"at most {max_running_per_user} runs may be in progress at once", retry_after_s=1
+            f"at most {max_queued} runs may wait their turn on a thread", retry_after_s=1
         )
+    else:
+        ahead = multitask != "enqueue"
+        values |= queue.enqueue_values(busy, ahead=ahead, grants=grants)
+        values |= {"status": "queued", "owner_id": None, "lease_expires_at": None}
+        if ahead and busy.active is not None:
+            queue.preempt(conn, run_id=busy.active.id, how=cast(queue.Preemption, multitask))
+            preempts = busy.active
+    message = Message(
+        id=str(uuid.uuid4()),
+        thread_id=thread_id,
+        role="user",
+        content=content,
+        run_id=run_id,
+        created_at=now,
+    )
     conn.execute(_INSERT_MESSAGE, _message_values(message))
     try:
-        conn.execute(
-            _INSERT_RUN,
-            {
-                "id": run.id,
-                "thread_id": run.thread_id,
-                "user_id": run.user_id,
-                "status": "running",
-                "route": None,
-                "error_code": None,
-                "error_message": None,
-                "request_id": request_id,
-                "created_at": run.created_at,
-                "finished_at": None,
-                "owner_id": owner_id,
-                "lease_expires_at": lease_until,
-                "last_seq": 0,
-            },
-        )
-    except IntegrityError:  # the one-running-run-per-thread index refused it
+        conn.execute(_INSERT_RUN, values)
+    except IntegrityError:  # the one-active-run-per-thread index refused it
         raise RunInProgress("another run of this thread is in progress") from None
+    run = Run(
+        id=run_id,
+        thread_id=thread_id,
+        user_id=user_id,
+        status=values["status"],
+        route=None,
+        error=None,
+        created_at=now,
+        finished_at=None,
+    )
+    return Started(run, message, preempts)
 
 
 def append(
@@ -214,11 +293,20 @@ def finish(
     usage: Usage | None = None,
     from_status: RunStatus = "running",
     lease_expired_before: datetime | None = None,
+    successor: Successor | None = None,
 ) -> Ended | None:
     """End a run that is ``from_status`` with its one final event: ``completed`` with the
     assistant's ``answer``, ``failed`` with ``error``, or ``cancelled``; with the ``usage`` of
     its model calls; ``finished_at`` is ``ts``. None (nothing written) when it was no longer
-    ``from_status``, or, with ``lease_expired_before``, when its lease is still live."""
+    ``from_status``, or, with ``lease_expired_before``, when its lease is still live.
+
+    A run a newer message preempted ends as that message asked (``src/runs/queue.py``):
+    cancelled with its answer so far kept as an interrupted message, or rolled back (removed
+    with its messages and events, whatever its end). With ``successor``, the end of the
+    thread's active run starts the head of its queue, in the same transaction."""
+    active = from_status in ACTIVE_STATUSES
+    if active:
+        queue.hold_thread(conn, thread_id=thread_id)
     params: dict[str, Any] = {
         "run_id": run_id,
         "from_status": from_status,
@@ -237,10 +325,14 @@ def finish(
     row = conn.execute(statement, params).first()
     if row is None:
         return None
-    seq, user_id, stored_route, created_at = row
+    seq, user_id, stored_route, created_at, preempted = row
     message = None
     data: dict[str, Any]
-    if status == "completed":
+    if preempted == "rollback":
+        status, error = "cancelled", None
+        _remove(conn, run_id=run_id)
+        data = {"rolled_back": True}
+    elif status == "completed":
         message = Message(
             id=str(uuid.uuid4()),
             thread_id=thread_id,
@@ -249,10 +341,14 @@ def finish(
             run_id=run_id,
             created_at=ts,
         )
-        conn.execute(_INSERT_MESSAGE, _message_values(message))
         data = {"message": message.to_json(), "usage": None if usage is None else usage.to_json()}
     elif status == "failed":
         data = {"error": (error or UNKNOWN_ERROR).to_json()}
+    elif preempted == "interrupt" and (so_far := queue.answer_so_far(conn, run_id=run_id)):
+        message = queue.interrupted_message(
+            run_id=run_id, thread_id=thread_id, content=so_far, ts=ts
+        )
+        data = {"message": message.to_json()}
     else:
         data = {}
     event = Event(
@@ -264,7 +360,10 @@ def finish(
         agent=None,
         data=data,
     )
-    conn.execute(INSERT_EVENT, event_values(event))
+    if preempted != "rollback":
+        if message is not None:
+            conn.execute(_INSERT_MESSAGE, _message_values(message))
+        conn.execute(INSERT_EVENT, event_values(event))
     run = Run(
         id=run_id,
         thread_id=thread_id,
@@ -276,12 +375,32 @@ def finish(
         finished_at=ts,
         usage=usage,
     )
-    return Ended(run=run, event=event, message=message)
+    next_run = None
+    if active and successor is not None:
+        next_run = queue.start_next(
+            conn,
+            thread_id=thread_id,
+            owner_id=successor.owner_id,
+            lease_until=successor.lease_until,
+            ts=ts,
+        )
+    return Ended(run=run, event=event, message=message, next=next_run)
 
 
-def stored_end(conn: Connection, *, run_id: str) -> Run | Ended | None:
-    """What is stored of the run's end: the ``Ended`` run (with its final event and answer),
-    the run as it is if it has not ended, None if there is no such run.
+def _remove(conn: Connection, *, run_id: str) -> None:
+    """A rolled-back run goes with everything it stored: as if it had never been."""
+    conn.execute(delete(APPROVALS).where(APPROVALS.c.run_id == run_id))
+    conn.execute(delete(EVENTS).where(EVENTS.c.run_id == run_id))
+    conn.execute(delete(MESSAGES).where(MESSAGES.c.run_id == run_id))
+    conn.execute(delete(RUNS).where(RUNS.c.id == run_id))
+
+
+def stored_end(
+    conn: Connection, *, run_id: str, successor_id: str | None = None
+) -> Run | Ended | None:
+    """What is stored of the run's end: the ``Ended`` run (with its final event, its answer,
+    and the queued run ``successor_id``'s end of it started), the run as it is if it has not
+    ended, None if there is no such run.
 
     For a writer that cannot tell whether its own write committed (a deadline cut it off while
     the database went on). Run as a write transaction, it waits for the write in doubt: SQLite
@@ -295,8 +414,11 @@ def stored_end(conn: Connection, *, run_id: str) -> Run | Ended | None:
     event = stored_event(conn, run_id=run_id, thread_id=run.thread_id, seq=row.last_seq)
     if event is None:  # an end from before final events existed: nothing to publish
         return run
-    message = assistant_message(conn, run_id=run_id) if run.status == "completed" else None
-    return Ended(run=run, event=event, message=message)
+    message = assistant_message(conn, run_id=run_id) if event.data.get("message") else None
+    next_run = None
+    if successor_id is not None:
+        next_run = queue.started_by(conn, thread_id=run.thread_id, owner_id=successor_id)
+    return Ended(run=run, event=event, message=message, next=next_run)
 
 
 def stored_event(conn: Connection, *, run_id: str, thread_id: str, seq: int) -> Event | None:
@@ -351,6 +473,7 @@ def _message_values(message: Message) -> dict[str, Any]:
         "content": message.content,
         "run_id": message.run_id,
         "created_at": message.created_at,
+        "interrupted": message.interrupted,
     }
 
 

@@ -18,6 +18,10 @@ class RunRegistry:
         # it (a socket closed for falling behind, ``on_disconnect: continue``): held here so
         # they are neither garbage-collected nor forgotten at shutdown.
         self._adopted: set[asyncio.Task[Any]] = set()
+        # Set at shutdown: what is cancelled from now on is cancelled by the process's end, not
+        # by a client (a run that waits its turn stays queued, for another process or the next
+        # start).
+        self.closing = False
 
     def starting(self, run_id: str) -> None:
         """``run_id`` is about to be stored and started by this process."""
@@ -72,6 +76,7 @@ class RunRegistry:
         Waits at most ``timeout_s`` for the runs to record their end; returns how many had not
         by then (their leases expire and another process, or the next start, ends them).
         """
+        self.closing = True
         tasks = [*self._tasks.values(), *self._adopted]
         for task in tasks:
             task.cancel()

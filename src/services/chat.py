@@ -2,6 +2,8 @@
 
     send_message: store the message and its run (one transaction) -> the run's agents in a task
                   of their own, to the run's one end -> the run and its answer
+                  (thread busy, ``multitask``: refused; or the run queued: followed until
+                  whichever process ends the run ahead starts it, and it ends)
 
 No transaction is open while an agent, a model or a tool is awaited: each transaction is one
 short call of ``Transactions`` (or, for the run's own writes, of the run's emitter and ender).
@@ -13,19 +15,23 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
-from src.aio import release_frames
+from src.aio import release_frames, uninterrupted
 from src.logs import bind, log_failure
 from src.runs import ledger
 from src.runs.approvals import Paused, Resumed
 from src.runs.cancel import RunCanceller
-from src.runs.domain import Event, Message, Run, RunContext, RunError, utcnow
+from src.runs.domain import Event, Message, Multitask, Run, RunContext, RunError, utcnow
 from src.runs.ender import Outcome, RunEnder
+from src.runs.follower import EventStore, following, to_the_end
 from src.runs.leases import Lease
-from src.runs.ledger import Ended
+from src.runs.ledger import Ended, Started
+from src.runs.queue import Promoted
 from src.runs.registry import RunRegistry
 from src.services.auth import Caller
+from src.services.broker import EventBroker
 from src.services.database import repositories as repo
 from src.services.database.engine import Transactions
 from src.services.errors import Conflict, NotFound, RunInProgress
@@ -66,6 +72,8 @@ class ChatService:
         canceller: RunCanceller,
         lease: Lease,
         settings: Settings,
+        broker: EventBroker,
+        store: EventStore,
     ) -> None:
         self._tx = transactions
         self._runs = runs
@@ -73,7 +81,12 @@ class ChatService:
         self._ender = ender
         self._canceller = canceller
         self._lease = lease
+        self._broker = broker
+        self._store = store
         self._max_running = settings.max_running_runs_per_user
+        self._max_queued = settings.max_queued_runs
+        self._multitask: Multitask = settings.multitask_default
+        self._keepalive_s = settings.sse_keepalive_s
 
     async def send_message(
         self,
@@ -82,16 +95,26 @@ class ChatService:
         thread_id: str,
         content: str,
         request_id: str | None,
+        multitask: Multitask | None = None,
         on_started: Callable[[Run], None] | None = None,
     ) -> tuple[Run, Message | None]:
         """Store the message, run the agents to the run's end, and report the run and its
         answer. ``on_started`` hears of the run as soon as it is stored, before any agent
-        works."""
-        run = await self._start_run(
-            user_id=caller.user_id, thread_id=thread_id, content=content, request_id=request_id
+        works. A message to a busy thread does what ``multitask`` says (the server's default
+        when None): refused (``RunInProgress``), or its run queued and followed to its end
+        (having cancelled the busy run first, for ``interrupt`` and ``rollback``)."""
+        started = await self._start_run(
+            caller=caller,
+            thread_id=thread_id,
+            content=content,
+            request_id=request_id,
+            multitask=multitask or self._multitask,
         )
+        run = started.run
         if on_started is not None:
             on_started(run)
+        if run.status == "queued":
+            return await self._when_ended(run, preempts=started.preempts)
         context = RunContext(
             run_id=run.id,
             thread_id=thread_id,
@@ -105,53 +128,105 @@ class ChatService:
             return ended.run, ended.message
         # Paused for approval, or ended by someone else (a cancel from another process, the
         # lease sweep): as stored.
-        stored = await self.get_run(user_id=caller.user_id, run_id=run.id)
-        answer = None
-        if stored.status == "completed":
-            answer = await self._tx.read(repo.assistant_message, run_id=run.id)
-        return stored, answer
+        return await self._as_stored(run)
 
     async def _start_run(
-        self, *, user_id: str, thread_id: str, content: str, request_id: str | None
-    ) -> Run:
-        """One transaction: check the owner, store the message, create the run ``running``.
+        self,
+        *,
+        caller: Caller,
+        thread_id: str,
+        content: str,
+        request_id: str | None,
+        multitask: Multitask,
+    ) -> Started:
+        """One transaction: check the owner, store the message, create the run (``running``,
+        or ``queued`` behind the thread's busy run).
 
         The message is committed before any agent runs, so it survives any failure of the run.
         """
         if not is_uuid(thread_id):
             raise NotFound("thread not found")
-        now = utcnow()
-        run = Run.running(
-            id=str(uuid.uuid4()), thread_id=thread_id, user_id=user_id, created_at=now
-        )
-        message = Message(
-            id=str(uuid.uuid4()),
-            thread_id=thread_id,
-            role="user",
-            content=content,
-            run_id=run.id,
-            created_at=now,
-        )
-        self._runs.starting(run.id)  # a cancel from now on reaches its task once it exists
+        run_id = str(uuid.uuid4())
+        self._runs.starting(run_id)  # a cancel from now on reaches its task once it exists
         try:
-            await self._tx.write(
+            started: Started = await self._tx.write(
                 ledger.start,
-                run=run,
-                message=message,
-                owner_id=self._lease.owner_id,
-                lease_until=self._lease.until(now),
+                run_id=run_id,
+                thread_id=thread_id,
+                user_id=caller.user_id,
+                content=content,
                 request_id=request_id,
+                grants=caller.grants,
+                owner_id=self._lease.owner_id,
+                lease_s=self._lease.length_s,
                 max_running_per_user=self._max_running,
+                multitask=multitask,
+                max_queued=self._max_queued,
             )
         except RunInProgress as exc:
-            self._runs.not_started(run.id)
-            thread = await self._tx.read(repo.get_thread, thread_id=thread_id, user_id=user_id)
+            self._runs.not_started(run_id)
+            if exc.details.get("run_id") is not None:
+                raise
+            thread = await self._tx.read(
+                repo.get_thread, thread_id=thread_id, user_id=caller.user_id
+            )
             running = None if thread is None else thread.active_run_id
             raise RunInProgress(exc.message, run_id=running) from None
         except BaseException:
-            self._runs.not_started(run.id)
+            self._runs.not_started(run_id)
             raise
-        return run
+        if started.run.status == "queued":
+            # Whichever process ends the run ahead of it starts it.
+            self._runs.not_started(run_id)
+        return started
+
+    async def _cancel_preempted(self, busy: Run) -> None:
+        """The busy run a message displaced: its end (as the mark says: its answer kept, or
+        rolled back) starts the head of the queue, the displacing run."""
+        try:
+            await self._canceller.cancel(busy)
+        except Exception as exc:  # it still ends by itself (or by the sweep), and starts it
+            log.warning("the run %s could not be cancelled now: %s", busy.id, repr(exc))
+
+    async def _when_ended(
+        self, run: Run, *, preempts: Run | None = None
+    ) -> tuple[Run, Message | None]:
+        """A queued run, followed until it ends (or pauses): it is started by whichever
+        process ends the run ahead of it (``preempts``, cancelled here first: its end starts
+        this one). A caller that goes away cancels it, unless this process is shutting down:
+        a queued run outlives its host."""
+        try:
+            async with following(
+                self._broker,
+                self._store,
+                user_id=run.user_id,
+                run_id=run.id,
+                keepalive_s=self._keepalive_s,
+            ) as follower:
+                if preempts is not None:
+                    await self._cancel_preempted(preempts)
+                await to_the_end(follower)
+        except asyncio.CancelledError:
+            if not self._runs.closing:
+                await uninterrupted(self._canceller.cancel(run))
+            raise
+        return await self._as_stored(run)
+
+    async def _as_stored(self, run: Run) -> tuple[Run, Message | None]:
+        """The run and its answer as stored; a run rolled back by a newer message is gone,
+        and reported cancelled."""
+        stored = await self._tx.read(repo.get_run, run_id=run.id, user_id=run.user_id)
+        if stored is None:
+            return replace(run, status="cancelled", finished_at=utcnow()), None
+        answer = None
+        if stored.status == "completed":
+            answer = await self._tx.read(repo.assistant_message, run_id=run.id)
+        return stored, answer
+
+    async def run_promoted(self, promoted: Promoted) -> None:
+        """Run a queued run that the end of the run ahead of it started here (``running``
+        under this process's lease), in this request scope, to its end or its pause."""
+        await self._run_to_end(promoted.context)
 
     async def resume_run(self, resumed: Resumed) -> None:
         """Go on with a run its last decision resumed (already ``running`` under this

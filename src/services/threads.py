@@ -60,15 +60,16 @@ class ThreadService:
         return await self.get_thread(user_id=user_id, thread_id=thread_id)
 
     async def delete_thread(self, *, user_id: str, thread_id: str) -> None:
-        """Cancel the thread's running run, if any, then delete the thread with its messages,
-        runs and events in one transaction. A run that starts in between is cancelled too; a
-        run that will not end (its owner is alive but out of reach) is ``RunInProgress``."""
+        """Cancel the thread's queued runs, then its running run, if any (so that its end
+        starts none of them), then delete the thread with its messages, runs and events in one
+        transaction. A run that starts in between is cancelled too; a run that will not end
+        (its owner is alive but out of reach) is ``RunInProgress``."""
         for _ in range(DELETE_ATTEMPTS):
             thread = await self.get_thread(user_id=user_id, thread_id=thread_id)
-            if thread.active_run_id is not None:
-                run = await self._tx.read(
-                    repo.get_run, run_id=thread.active_run_id, user_id=user_id
-                )
+            for run_id in [*thread.queued_run_ids, thread.active_run_id]:
+                run = None
+                if run_id is not None:
+                    run = await self._tx.read(repo.get_run, run_id=run_id, user_id=user_id)
                 if run is not None and not run.ended:
                     await self._canceller.cancel(run)
             deleted = await self._tx.write(

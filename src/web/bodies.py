@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
-from src.runs.domain import Decision
+from src.runs.domain import Decision, Multitask
 from src.web.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -75,6 +75,8 @@ class NewMessage(Body):
     content: StoredText
     # For a run streamed as server-sent events: whether it goes on when the client goes away.
     on_disconnect: Literal["cancel", "continue"] = "cancel"
+    # What it does while the thread has a run going (None: the server's default).
+    multitask: Multitask | None = None
 
 
 class DevLogin(Body):

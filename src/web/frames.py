@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from src.runs.domain import Multitask
 from src.web.bodies import REQUEST_ID, Decisions, StoredText, check_content, describe, unparsed
 from src.web.errors import ApiError
 
@@ -27,6 +28,8 @@ class ChatFrame(_Frame):
     # What becomes of the run when the socket closes (other than for falling behind, which
     # never cancels: the client can replay): ended ``cancelled``, or left to finish.
     on_disconnect: Literal["cancel", "continue"] = "cancel"
+    # What it does while the thread has a run going (None: the server's default).
+    multitask: Multitask | None = None
 
 
 class CancelFrame(_Frame):

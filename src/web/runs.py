@@ -58,6 +58,7 @@ async def post_message(request: Request) -> Response:
         thread_id=request.path_params["id"],
         content=body.content,
         request_id=request.state.request_id,
+        multitask=body.multitask,
     )
     answer: RunAndAnswer = {
         "run": run.to_json(),
@@ -78,12 +79,13 @@ async def start_run(request: Request) -> Response:
     """A background run: 202 with the Run as soon as it is stored; it goes on on its own."""
     caller = await authenticated(request)
     body = await _message_body(request)
-    run = await start_detached(
+    run, _ = await start_detached(
         container_of(request),
         caller=caller,
         thread_id=request.path_params["id"],
         content=body.content,
         request_id=request.state.request_id,
+        multitask=body.multitask,
     )
     answer: RunAnswer = {"run": run.to_json()}
     return json_response(answer, 202)
@@ -104,12 +106,13 @@ async def _streamed_run(request: Request, caller: Caller, body: NewMessage) -> R
     broker = container.broker()
     subscription = await sse.subscribe(broker, caller.user_id, settings)
     try:
-        run = await start_detached(
+        run, owner = await start_detached(
             container,
             caller=caller,
             thread_id=request.path_params["id"],
             content=body.content,
             request_id=request.state.request_id,
+            multitask=body.multitask,
         )
     except BaseException:
         await broker.unsubscribe(subscription)
@@ -117,7 +120,7 @@ async def _streamed_run(request: Request, caller: Caller, body: NewMessage) -> R
 
     def abandoned() -> None:
         if body.on_disconnect == "cancel":
-            container.runs().cancel(run.id)
+            owner.cancel()  # the run with it, wherever it runs (or waits its turn)
 
     return sse.stream(
         broker=broker,

@@ -216,6 +216,7 @@ class Connection:
                 thread_id=frame.thread_id,
                 content=frame.content,
                 request_id=request_id,
+                multitask=frame.multitask,
                 on_started=self._started,
             ),
             outbox,

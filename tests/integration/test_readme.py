@@ -140,3 +140,17 @@ async def test_the_approvals_example_runs_as_printed(
     ]
     assert text.splitlines() == said
     assert said[-1] == "6 * 7 = 42"
+
+
+@pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq"
+)
+async def test_the_multitask_example_runs_as_printed(live_server: str, tmp_path: Path) -> None:
+    """README's "Messages while a run is busy" session against a real server: three questions
+    enqueued at once, the last one's stream ends completed, and the thread reads question,
+    answer, in the order sent. Every printed comment is what the line above prints."""
+    [code] = blocks(section("Messages while a run is busy"), "sh")
+    text = await run_script(code, live_server, tmp_path)
+    said = [line.removeprefix("# ") for line in code.splitlines() if line[:2] == "# "]
+    assert text.splitlines() == said
+    assert said[-1] == "3 + 3 = 6"

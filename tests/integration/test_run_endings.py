@@ -261,6 +261,7 @@ async def test_a_cancel_that_loses_the_race_with_completion_is_a_conflict(
             broker=container.broker,
             metrics=container.metrics,
             retry_for_s=1.0,
+            lease=container.lease,
         )
     )
     headers = auth(container, "dave")

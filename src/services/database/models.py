@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -26,6 +28,8 @@ from src.runs.domain import ACTIVE_STATUSES, RUN_STATUSES
 
 # The runs that hold their thread: one at a time.
 ACTIVE_WHERE = "status IN ({})".format(", ".join(f"'{status}'" for status in ACTIVE_STATUSES))
+# The runs that wait their turn behind it.
+QUEUED_WHERE = "status = 'queued'"
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -80,6 +84,9 @@ class MessageRow(Base):
     content: Mapped[str] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # An assistant's answer cut short: what a run had answered when a newer message
+    # interrupted it (``multitask: interrupt``).
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_messages_thread_created", "thread_id", "created_at"),
@@ -116,6 +123,16 @@ class RunRow(Base):
     # it expires if nobody decides; null otherwise.
     pause_state: Mapped[str | None] = mapped_column(Text)
     pause_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A queued run's place in its thread's queue (src/runs/queue.py): runs that interrupt or
+    # roll back the busy run (``queue_ahead``) first, then by position, the order of storing.
+    queue_position: Mapped[int | None] = mapped_column(Integer)
+    queue_ahead: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A busy run a newer message displaced: how its end is stored (``interrupt``: its answer
+    # so far kept; ``rollback``: removed with its message and events), whoever ends it.
+    preempted: Mapped[str | None] = mapped_column(String(16))
+    # What the token of the caller who queued the run granted (JSON array): whichever process
+    # starts it runs it with them.
+    grants: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # The database, not the code, guarantees one active run (running, or paused for
@@ -129,6 +146,13 @@ class RunRow(Base):
             postgresql_where=text(ACTIVE_WHERE),
         ),
         Index("ix_runs_status", "status"),
+        # A thread's queue, read at every end of one of its runs.
+        Index(
+            "ix_runs_queued",
+            "thread_id",
+            sqlite_where=text(QUEUED_WHERE),
+            postgresql_where=text(QUEUED_WHERE),
+        ),
         # A thread's runs, all of them (deleting a thread, its pages of runs).
         Index("ix_runs_thread_id", "thread_id"),
         # Named ck_runs_status by the naming convention. A writer with a typo in a status

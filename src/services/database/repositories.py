@@ -46,13 +46,14 @@ class Page(Generic[T]):
 # rows as domain objects (the ledger reads back with these too)
 
 
-def thread_of(row: Row[Any]) -> Thread:
+def thread_of(row: Row[Any], queued: dict[str, list[str]] | None = None) -> Thread:
     return Thread(
         id=row.id,
         user_id=row.user_id,
         title=row.title,
         created_at=row.created_at,
         active_run_id=row.active_run_id,
+        queued_run_ids=tuple((queued or {}).get(row.id, ())),
     )
 
 
@@ -65,6 +66,7 @@ def message_of(row: Row[Any]) -> Message:
         content=row.content,
         run_id=row.run_id,
         created_at=row.created_at,
+        interrupted=bool(row.interrupted),
     )
 
 
@@ -133,7 +135,7 @@ def get_thread(conn: Connection, *, thread_id: str, user_id: str) -> Thread | No
     row = conn.execute(
         _THREADS_WITH_RUN.where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
     ).first()
-    return None if row is None else thread_of(row)
+    return None if row is None else thread_of(row, queued_run_ids(conn, thread_ids=[row.id]))
 
 
 def list_threads(
@@ -147,8 +149,32 @@ def list_threads(
         query = query.where(
             or_(THREADS.c.created_at < at, and_(THREADS.c.created_at == at, THREADS.c.id > last_id))
         )
-    rows = conn.execute(query.order_by(THREADS.c.created_at.desc(), THREADS.c.id).limit(limit + 1))
-    return _page([thread_of(r) for r in rows], limit)
+    rows = conn.execute(
+        query.order_by(THREADS.c.created_at.desc(), THREADS.c.id).limit(limit + 1)
+    ).all()
+    queued = queued_run_ids(conn, thread_ids=[row.id for row in rows])
+    return _page([thread_of(row, queued) for row in rows], limit)
+
+
+# The condition of the partial index ix_runs_queued, and the order a thread's queue starts in:
+# runs that interrupt or roll back the busy run first, then the order of storing.
+QUEUED = RUNS.c.status == "queued"
+QUEUE_ORDER = (RUNS.c.queue_ahead.desc(), RUNS.c.queue_position)
+
+
+def queued_run_ids(conn: Connection, *, thread_ids: list[str]) -> dict[str, list[str]]:
+    """The queued runs of each of ``thread_ids``, in the order they will start."""
+    if not thread_ids:
+        return {}
+    rows = conn.execute(
+        select(RUNS.c.thread_id, RUNS.c.id)
+        .where(RUNS.c.thread_id.in_(thread_ids), QUEUED)
+        .order_by(RUNS.c.thread_id, *QUEUE_ORDER)
+    )
+    found: dict[str, list[str]] = {}
+    for thread_id, run_id in rows:
+        found.setdefault(thread_id, []).append(run_id)
+    return found
 
 
 def rename_thread(conn: Connection, *, thread_id: str, user_id: str, title: str) -> bool:
@@ -162,18 +188,24 @@ def rename_thread(conn: Connection, *, thread_id: str, user_id: str, title: str)
 
 
 def delete_idle_thread(conn: Connection, *, thread_id: str, user_id: str) -> bool | None:
-    """Delete the user's thread with its messages, runs and events, unless a run of it is
-    active (running, or paused for approval): True when deleted, False when a run is active,
-    None when there is no such thread. Explicit deletes, child rows first."""
+    """Delete the user's thread with its messages, runs and events, unless a run of it has not
+    ended (running, paused for approval, or queued): True when deleted, False when one has
+    not, None when there is no such thread. Explicit deletes, child rows first."""
+    # Held first, as every writer of a thread's runs holds it (src/runs/queue.py): the same
+    # order of locks everywhere, so none of them waits for another in a cycle.
     owned = conn.scalar(
-        select(THREADS.c.id).where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
+        select(THREADS.c.id)
+        .where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
+        .with_for_update()
     )
     if owned is None:
         return None
-    active = conn.scalar(
-        select(RUNS.c.id).where(RUNS.c.thread_id == thread_id, RUNS.c.status.in_(ACTIVE_STATUSES))
+    busy = conn.scalar(
+        select(RUNS.c.id).where(
+            RUNS.c.thread_id == thread_id, RUNS.c.status.in_((*ACTIVE_STATUSES, "queued"))
+        )
     )
-    if active is not None:
+    if busy is not None:
         return False
     runs = select(RUNS.c.id).where(RUNS.c.thread_id == thread_id).scalar_subquery()
     conn.execute(delete(APPROVALS).where(APPROVALS.c.run_id.in_(runs)))
