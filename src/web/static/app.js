@@ -8,16 +8,24 @@
 // one that arrives twice (replay and live) is dropped, one that arrives early waits for the
 // ones before it, and a gap is filled from `GET /api/runs/{id}/events?after=N` (the server
 // fills what its live stream missed; a reload replays what the page never saw). A run that
-// waits for a person's approval is followed the same way (approvals.js).
+// waits for a person's approval is followed the same way (approvals.js). A message sent while
+// a run of its thread is going waits its turn behind it (queue.js): it is sent with
+// `multitask: "enqueue"`, shown under the run in progress until its own run starts, and can be
+// cancelled while it waits.
 
 import { WAITING, approvalCards, decided, trackApproval } from "./approvals.js";
+import { enqueued, leftQueue, queueItems, queuedRuns, withdrawn } from "./queue.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "isochat.token";
 const FINAL = new Set(["run_completed", "run_failed", "run_cancelled"]);
-const BUSY = new Set(["running", WAITING]); // the thread is busy: no new message, cancel offered
+const BUSY = new Set(["running", WAITING]); // the thread is busy: a new message waits, cancel offered
+const ENDED = new Set(["completed", "failed", "cancelled"]);
 const STATUS_TEXT = { [WAITING]: "waiting for your approval" };
 const MAX_BACKOFF_MS = 10000;
+const RECENT_OPEN_QUESTIONS = 10; // unanswered questions whose runs are read when a thread opens
+const PLACEHOLDER = "Ask something, e.g. what is (12 + 3) * 4?";
+const PLACEHOLDER_QUEUED = "Ask something: it waits for the run in progress";
 
 const state = {
   token: localStorage.getItem(TOKEN_KEY),
@@ -30,6 +38,9 @@ const state = {
   shownRun: null, // the run in the timeline
   socket: null,
   backoffMs: 500,
+  connections: 0, // sockets opened so far
+  sent: new Map(), // request id -> {threadId, content}: chat frames not yet answered
+  queueing: Promise.resolve(), // messages to queue go one after another, in the order sent
 };
 
 class ApiFailure extends Error {
@@ -142,6 +153,24 @@ $("sign-out").addEventListener("click", signOut);
 
 // --- threads --------------------------------------------------------------------------------
 
+/** Keep a Thread as the server gave it, less what events have told since it was read: a run
+ * that has ended is no longer active, one that has started or been cancelled no longer waits. */
+function adopt(thread) {
+  const active = state.runs.get(thread.active_run_id);
+  if (active && ENDED.has(active.status)) thread.active_run_id = null;
+  thread.queued_run_ids = queuedRuns(thread).filter((id) => !state.runs.get(id)?.events.length);
+  state.threads.set(thread.id, thread);
+  return thread;
+}
+
+/** Whether a message sent to the thread now would wait its turn. */
+function busy(thread) {
+  if (!thread) return false;
+  const shown = state.runs.get(state.shownRun);
+  const following = Boolean(shown && BUSY.has(shown.status) && shown.threadId === thread.id);
+  return Boolean(thread.active_run_id) || following || queuedRuns(thread).length > 0;
+}
+
 async function loadThreads(more = false) {
   const query = more && state.threadsCursor ? `?cursor=${encodeURIComponent(state.threadsCursor)}` : "";
   const page = await api("GET", `/api/threads${query}`);
@@ -150,7 +179,7 @@ async function loadThreads(more = false) {
     state.order = [];
   }
   for (const thread of page.threads) {
-    state.threads.set(thread.id, thread);
+    adopt(thread);
     state.order.push(thread.id);
   }
   state.threadsCursor = page.next_cursor;
@@ -174,13 +203,15 @@ function renderThreads() {
       button.textContent = thread.title;
       button.dataset.threadId = id;
       if (id === state.current) button.setAttribute("aria-current", "true");
-      if (thread.active_run_id) {
+      const queued = queuedRuns(thread).length;
+      if (thread.active_run_id || queued) {
         const waiting = state.runs.get(thread.active_run_id)?.status === WAITING;
-        const busy = document.createElement("span");
-        busy.className = waiting ? "busy waiting" : "busy";
-        busy.textContent = waiting ? " \u25cf needs your approval" : " \u25cf";
-        busy.title = waiting ? "a run waits for your approval" : "a run is in progress";
-        button.append(busy);
+        const mark = document.createElement("span");
+        mark.className = waiting ? "busy waiting" : "busy";
+        mark.textContent = waiting ? " \u25cf needs your approval" : " \u25cf";
+        mark.title = waiting ? "a run waits for your approval" : "a run is in progress";
+        if (queued) mark.title += `, ${queued} queued`;
+        button.append(mark);
       }
       button.addEventListener("click", () => selectThread(id));
       item.append(button);
@@ -194,8 +225,7 @@ $("more-threads").addEventListener("click", () => loadThreads(true).catch((f) =>
 
 $("new-thread").addEventListener("click", async () => {
   try {
-    const thread = await api("POST", "/api/threads", {});
-    state.threads.set(thread.id, thread);
+    const thread = adopt(await api("POST", "/api/threads", {}));
     state.order.unshift(thread.id);
     await selectThread(thread.id);
     $("content").focus();
@@ -209,7 +239,7 @@ $("rename-thread").addEventListener("click", async () => {
   const title = window.prompt("New title", thread.title);
   if (title === null || !title.trim()) return;
   try {
-    state.threads.set(thread.id, await api("PATCH", `/api/threads/${thread.id}`, { title }));
+    adopt(await api("PATCH", `/api/threads/${thread.id}`, { title }));
     renderThreads();
     renderHeader();
   } catch (failure) {
@@ -240,10 +270,22 @@ async function selectThread(id) {
   location.hash = id;
   showError("chat-error", null);
   try {
-    state.threads.set(id, await api("GET", `/api/threads/${id}`));
+    const thread = adopt(await api("GET", `/api/threads/${id}`));
     await loadMessages();
-    const thread = state.threads.get(id);
-    const last = state.messages.at(-1);
+    // A question left without an answer (its run failed, or was cancelled, perhaps while it
+    // waited its turn and so never asked) is shown as its run ended: its events say how.
+    const waiting = new Set(queuedRuns(thread));
+    const answered = new Set(state.messages.filter((m) => m.role === "assistant").map((m) => m.run_id));
+    // The newest ones only: a long thread's old failures are not read again at every visit
+    // (each is a request, and requests are rate-limited).
+    const open = state.messages
+      .filter(
+        (m) => m.role === "user" && m.run_id && !answered.has(m.run_id) && !waiting.has(m.run_id) && m.run_id !== thread.active_run_id,
+      )
+      .slice(-RECENT_OPEN_QUESTIONS);
+    await Promise.all(open.map((m) => replay(runOf(m.run_id, id))));
+    if (id !== state.current) return;
+    const last = conversation(thread).at(-1);
     const runId = thread.active_run_id || (last && last.run_id);
     state.shownRun = runId || null;
     render();
@@ -263,7 +305,13 @@ async function loadMessages() {
     messages.push(...page.messages);
     cursor = page.next_cursor;
   } while (cursor);
-  if (id === state.current) state.messages = messages;
+  if (id !== state.current) return;
+  // Answers heard of while the pages were read are kept (the pages may have been read first);
+  // a run rolled back by a newer message left nothing.
+  for (const run of state.runs.values()) {
+    if (run.threadId === id && run.answer && !messages.some((m) => m.id === run.answer.id)) messages.push(run.answer);
+  }
+  state.messages = messages.filter((m) => !state.runs.get(m.run_id)?.rolledBack);
 }
 
 // --- runs: every event applied once, in seq order --------------------------------------------
@@ -283,6 +331,9 @@ function runOf(runId, threadId) {
       error: null,
       requestId: null,
       replaying: null,
+      answer: null, // its stored answer (completed, or interrupted by a newer message)
+      rolledBack: false, // removed by a newer message, with its question
+      displaced: null, // the thread's active run when this one's start was applied
     };
     state.runs.set(runId, run);
   }
@@ -319,10 +370,17 @@ function apply(run, event) {
   run.events.push(event);
   trackApproval(run, event, FINAL.has(event.type));
   const thread = state.threads.get(run.threadId);
+  if (thread && (event.type === "run_started" || FINAL.has(event.type))) leftQueue(thread, run.id);
   switch (event.type) {
     case "run_started":
       run.requestId = event.data.request_id;
-      if (thread) thread.active_run_id = run.id;
+      state.sent.delete(run.requestId);
+      if (thread && thread.active_run_id !== run.id) {
+        // A run replayed from the store may have ended long ago: its end gives the thread
+        // back the run that was active before it, if that one goes on.
+        run.displaced = thread.active_run_id;
+        thread.active_run_id = run.id;
+      }
       if (run.threadId === state.current) {
         state.shownRun = run.id;
         // Its user message is stored before this event: show it (also when another tab sent it).
@@ -337,9 +395,7 @@ function apply(run, event) {
     case "run_completed":
       run.status = "completed";
       run.text = event.data.message.content;
-      if (run.threadId === state.current && !state.messages.some((m) => m.id === event.data.message.id)) {
-        state.messages.push(event.data.message);
-      }
+      answered(run, event.data.message);
       break;
     case "run_failed":
       run.status = "failed";
@@ -347,13 +403,28 @@ function apply(run, event) {
       break;
     case "run_cancelled":
       run.status = "cancelled";
+      // Interrupted by a newer message: what it had answered is kept, marked so.
+      if (event.data.message) answered(run, event.data.message);
+      if (event.data.rolled_back) {
+        // Rolled back by a newer message: gone, with its question, as if it had never been.
+        run.rolledBack = true;
+        if (run.threadId === state.current) state.messages = state.messages.filter((m) => m.run_id !== run.id);
+      }
       break;
   }
-  if (FINAL.has(event.type) && thread && thread.active_run_id === run.id) thread.active_run_id = null;
+  if (FINAL.has(event.type) && thread && thread.active_run_id === run.id) {
+    const before = run.displaced && state.runs.get(run.displaced);
+    thread.active_run_id = run.displaced && !(before && ENDED.has(before.status)) ? run.displaced : null;
+  }
   if (run.threadId === state.current) render();
   else if (event.type === "run_started" || event.type.startsWith("approval_") || FINAL.has(event.type)) {
     renderThreads();
   }
+}
+
+function answered(run, message) {
+  run.answer = message;
+  if (run.threadId === state.current && !state.messages.some((m) => m.id === message.id)) state.messages.push(message);
 }
 
 // --- the socket -----------------------------------------------------------------------------
@@ -370,10 +441,12 @@ async function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}/ws?ticket=${encodeURIComponent(ticket)}`);
   state.socket = socket;
+  const reconnected = state.connections++ > 0;
   socket.addEventListener("open", () => {
     state.backoffMs = 500;
     // Whatever happened while the page was not listening is stored: catch up.
     for (const run of state.runs.values()) if (BUSY.has(run.status)) replay(run);
+    if (state.current && reconnected) resync(state.current);
     renderComposer();
   });
   socket.addEventListener("message", (message) => {
@@ -390,12 +463,33 @@ async function connect() {
   });
 }
 
+/** After a reconnection: a queued run may have started (or been cancelled) meanwhile. */
+async function resync(id) {
+  try {
+    const thread = adopt(await api("GET", `/api/threads/${id}`));
+    if (thread.active_run_id) replay(runOf(thread.active_run_id, id));
+    if (id === state.current) {
+      await loadMessages();
+      render();
+    }
+  } catch {
+    // the next reconnection tries again
+  }
+}
+
 function reconnectLater() {
   setTimeout(connect, state.backoffMs);
   state.backoffMs = Math.min(state.backoffMs * 2, MAX_BACKOFF_MS);
 }
 
 function onErrorFrame(frame) {
+  const sent = frame.request_id && state.sent.get(frame.request_id);
+  if (sent) state.sent.delete(frame.request_id);
+  if (sent && frame.error.code === "run_in_progress") {
+    // The thread became busy before this page heard of it (another tab): the message waits.
+    queueUp(sent.threadId, sent.content, false);
+    return;
+  }
   const request = frame.request_id ? ` (request ${frame.request_id})` : "";
   $("chat-error").textContent = `${frame.error.code}: ${frame.error.message}${request}`;
   if (frame.error.code === "run_in_progress" && frame.error.run_id && state.current) {
@@ -408,12 +502,18 @@ $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const content = $("content").value;
   if (!content.trim() || !state.current) return;
+  if (busy(state.threads.get(state.current))) {
+    showError("chat-error", null);
+    queueUp(state.current, content, true);
+    return;
+  }
   if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
     $("chat-error").textContent = "not connected yet: try again in a moment";
     return;
   }
   showError("chat-error", null);
   const requestId = crypto.randomUUID();
+  state.sent.set(requestId, { threadId: state.current, content });
   state.socket.send(
     JSON.stringify({
       type: "chat",
@@ -421,10 +521,37 @@ $("composer").addEventListener("submit", (event) => {
       content,
       request_id: requestId,
       on_disconnect: "continue", // a reload or a lost connection does not end the run
+      // Busy after all (another tab's run, not heard of yet): refused, whatever the server's
+      // default, and then queued over HTTP (onErrorFrame), so that it shows with its Cancel.
+      multitask: "reject",
     }),
   );
   $("content").value = "";
 });
+
+/**
+ * Send a message that waits its turn behind the thread's busy run: over HTTP, which answers
+ * with its run at once (`queued`, or `running` if the thread has become idle meanwhile), so that
+ * the page shows it with its Cancel button straight away. One after another, in the order sent.
+ */
+function queueUp(threadId, content, fromComposer) {
+  if (fromComposer) $("content").value = "";
+  state.queueing = state.queueing.then(async () => {
+    try {
+      const { run } = await api("POST", `/api/threads/${threadId}/runs`, { content, multitask: "enqueue" });
+      const thread = state.threads.get(threadId);
+      // Its events may have come first (it started at once, or was cancelled in another tab).
+      if (thread && run.status === "queued" && !state.runs.get(run.id)?.events.length) enqueued(thread, run.id);
+      if (threadId === state.current) await loadMessages();
+    } catch (failure) {
+      showError("chat-error", failure);
+      // Nothing was stored: the text goes back where it was typed, unless something else is there.
+      if (fromComposer && threadId === state.current && !$("content").value) $("content").value = content;
+    }
+    if (threadId === state.current) render();
+    else renderThreads();
+  });
+}
 
 $("content").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) {
@@ -446,6 +573,7 @@ $("cancel").addEventListener("click", async () => {
 // --- rendering ------------------------------------------------------------------------------
 
 const approvals = approvalCards({ api, describe, caughtUp: replay });
+const queue = queueItems({ api, describe, caughtUp: (threadId, runId) => replay(runOf(runId, threadId)) });
 
 function render() {
   renderThreads();
@@ -468,24 +596,76 @@ function bubble(role, text, extraClass = "") {
   return item;
 }
 
+function messageBubble(message) {
+  if (!message.interrupted) return bubble(message.role, message.content);
+  // An answer cut short by a newer message: what it had said, marked so.
+  const item = bubble(message.role, message.content, "interrupted");
+  const mark = document.createElement("span");
+  mark.className = "badge mark";
+  mark.textContent = "interrupted";
+  mark.title = "cut short by a newer message";
+  item.append(mark);
+  return item;
+}
+
+/**
+ * The thread's conversation: its stored messages in the order they were asked and answered,
+ * less the questions that wait their turn (shown under it) and those that were withdrawn while
+ * they waited. A queued question takes its place when its run starts (the server moves it
+ * there too, so a reload reads the same).
+ */
+function conversation(thread) {
+  const waiting = new Set(queuedRuns(thread));
+  const shown = state.messages.filter((message) => {
+    if (message.role !== "user") return true;
+    const run = state.runs.get(message.run_id);
+    if (waiting.has(message.run_id) || withdrawn(run)) return false;
+    // A run being read from the store for the first time: shown once it is known how it went.
+    return !run || run.events.length > 0 || run.id === thread.active_run_id;
+  });
+  const placed = shown.map((message, index) => [placeOf(message), index, message]);
+  placed.sort(([a, i], [b, j]) => (a < b ? -1 : a > b ? 1 : i - j));
+  return placed.map(([, , message]) => message);
+}
+
+function placeOf(message) {
+  // Timestamps are ISO 8601 in UTC, all of one width: compared as strings, to the microsecond.
+  const run = message.role === "user" ? state.runs.get(message.run_id) : null;
+  const started = run && run.events.find((event) => event.type === "run_started");
+  return started && started.ts > message.created_at ? started.ts : message.created_at;
+}
+
+function questionOf(runId) {
+  return state.messages.find((message) => message.role === "user" && message.run_id === runId);
+}
+
 function renderMessages() {
+  const thread = state.threads.get(state.current);
   const items = [];
-  const answered = new Set(state.messages.filter((m) => m.role === "assistant").map((m) => m.run_id));
-  for (const message of state.messages) {
-    items.push(bubble(message.role, message.content));
-    const run = message.role === "user" ? state.runs.get(message.run_id) : null;
-    if (run && !answered.has(run.id)) items.push(runBubble(run), ...approvals.cardsFor(run));
+  if (thread) {
+    const answered = new Set(state.messages.filter((m) => m.role === "assistant").map((m) => m.run_id));
+    for (const message of conversation(thread)) {
+      items.push(messageBubble(message));
+      const run = message.role === "user" ? state.runs.get(message.run_id) : null;
+      if (run && !answered.has(run.id)) items.push(runBubble(run), ...approvals.cardsFor(run));
+    }
+    items.push(...queue.itemsFor(thread, questionOf));
   }
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   const focused = list.contains(document.activeElement) ? document.activeElement : null;
   const selection = focused && "selectionStart" in focused ? [focused.selectionStart, focused.selectionEnd] : null;
+  const queuedAt = focused ? [...list.querySelectorAll("li.queued")].indexOf(focused.closest("li.queued")) : -1;
   list.replaceChildren(...items);
   if (atBottom) list.scrollTop = list.scrollHeight;
   if (focused && focused.isConnected) {
     // Kept across the re-render (an approval card being filled in): so is the focus.
     focused.focus({ preventScroll: true });
     if (selection && selection[0] !== null) focused.setSelectionRange(...selection);
+  } else if (focused && queuedAt >= 0) {
+    // Its queued message went (cancelled, or started): on to the one that took its place.
+    const cancels = list.querySelectorAll("li.queued button.cancel-queued");
+    (cancels[Math.min(queuedAt, cancels.length - 1)] || $("content")).focus();
   } else if (focused) {
     // Its card went (the call was decided): on to the next waiting call, or the composer.
     (list.querySelector("li.approval button") || $("content")).focus();
@@ -507,8 +687,13 @@ function renderComposer() {
   const thread = state.threads.get(state.current);
   const run = state.runs.get(state.shownRun);
   const running = Boolean(thread && thread.active_run_id) || Boolean(run && BUSY.has(run.status) && run.threadId === state.current);
+  // While the thread is busy, a message waits its turn: Queue instead of Send.
+  const waits = busy(thread);
   $("content").disabled = !thread;
-  $("send").disabled = !thread || !state.socket || running;
+  $("content").placeholder = waits ? PLACEHOLDER_QUEUED : PLACEHOLDER;
+  $("send").disabled = !thread || !state.socket || waits;
+  $("send").hidden = waits;
+  $("queue").hidden = !waits;
   $("cancel").hidden = !running;
 }
 
