@@ -51,6 +51,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/cancel_latency.py
 	$(BIN)/python bench/approvals.py
+	$(BIN)/python bench/multitask.py
 
 # After changing dependencies in pyproject.toml: new pins (and hashes) for both targets.
 lock: | $(BIN)/python

@@ -27,11 +27,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import bindparam, exists, select, text, union_all, update
 from sqlalchemy.engine import Connection
 
 from src.runs.domain import ACTIVE_STATUSES, Message, Run, RunContext
-from src.services.database.models import EVENTS, MESSAGES, RUNS, THREADS, UTCDateTime
+from src.services.database.models import (
+    ACTIVE_WHERE,
+    EVENTS,
+    MESSAGES,
+    RUNS,
+    THREADS,
+    UTCDateTime,
+)
 from src.services.database.repositories import QUEUE_ORDER, QUEUED, run_of
 
 Preemption = Literal["interrupt", "rollback"]
@@ -42,14 +49,21 @@ _OWNED_THREAD = _THREAD.where(THREADS.c.user_id == bindparam("user_id"))
 # that point at it (its runs' messages) do not.
 _HELD_THREAD = _THREAD.with_for_update(key_share=True)
 _HELD_OWNED_THREAD = _OWNED_THREAD.with_for_update(key_share=True)
-_ACTIVE_OF_THREAD = select(RUNS).where(
-    RUNS.c.thread_id == bindparam("thread_id"), RUNS.c.status.in_(ACTIVE_STATUSES)
+# The condition of the partial unique index, written as it is (literal: the index serves it,
+# and no expanding IN is rendered at every execution).
+_ACTIVE = text(ACTIVE_WHERE)
+_ACTIVE_OF_THREAD = select(RUNS).where(RUNS.c.thread_id == bindparam("thread_id"), _ACTIVE)
+_ACTIVE_ID_OF_THREAD = select(RUNS.c.id).where(RUNS.c.thread_id == bindparam("thread_id"), _ACTIVE)
+# Both in one statement, each part served by its partial index.
+_BUSY_OF_THREAD = union_all(
+    _ACTIVE_OF_THREAD, select(RUNS).where(RUNS.c.thread_id == bindparam("thread_id"), QUEUED)
 )
 _QUEUE_OF_THREAD = (
     select(RUNS.c.id, RUNS.c.queue_position)
     .where(RUNS.c.thread_id == bindparam("thread_id"), QUEUED)
     .order_by(*QUEUE_ORDER)
 )
+_RUN = select(RUNS).where(RUNS.c.id == bindparam("run_id"))
 _START_QUEUED = (
     update(RUNS)
     .where(RUNS.c.id == bindparam("run_id"), QUEUED)
@@ -96,13 +110,16 @@ class Busy:
 
 def busy(conn: Connection, *, thread_id: str) -> Busy | None:
     """What keeps the thread busy, None when nothing does (read while holding it)."""
-    params = {"thread_id": thread_id}
-    row = conn.execute(_ACTIVE_OF_THREAD, params).first()
-    queued = conn.execute(_QUEUE_OF_THREAD, params).all()
-    if row is None and not queued:
+    rows = conn.execute(_BUSY_OF_THREAD, {"thread_id": thread_id}).all()
+    if not rows:
         return None
-    last = max((position or 0 for _, position in queued), default=0)
-    return Busy(None if row is None else run_of(row), [run_id for run_id, _ in queued], last)
+    active = next((run_of(row) for row in rows if row.status != "queued"), None)
+    queued = sorted(
+        (row for row in rows if row.status == "queued"),
+        key=lambda row: (not row.queue_ahead, row.queue_position or 0),
+    )
+    last = max((row.queue_position or 0 for row in queued), default=0)
+    return Busy(active, [row.id for row in queued], last)
 
 
 def enqueue_values(busy: Busy, *, ahead: bool, grants: frozenset[str]) -> dict[str, Any]:
@@ -120,7 +137,7 @@ def preempt(conn: Connection, *, run_id: str, how: Preemption) -> None:
     ``how`` says (the first mark stands)."""
     conn.execute(
         update(RUNS)
-        .where(RUNS.c.id == run_id, RUNS.c.status.in_(ACTIVE_STATUSES), RUNS.c.preempted.is_(None))
+        .where(RUNS.c.id == run_id, _ACTIVE, RUNS.c.preempted.is_(None))
         .values(preempted=how)
     )
 
@@ -141,22 +158,19 @@ def start_next(
     run is active (the caller holds the thread). Its question, and every message still queued
     behind it, move to ``ts`` on: a queued message takes its place in the conversation when its
     run starts, after the answer before it."""
-    if conn.execute(_ACTIVE_OF_THREAD, {"thread_id": thread_id}).first() is not None:
+    params = {"thread_id": thread_id}
+    queued = conn.execute(_QUEUE_OF_THREAD, params).all()  # at every end: mostly none
+    if not queued or conn.scalar(_ACTIVE_ID_OF_THREAD, params) is not None:
         return None
-    queued = conn.execute(
-        select(RUNS).where(RUNS.c.thread_id == thread_id, QUEUED).order_by(*QUEUE_ORDER)
-    ).all()
-    if not queued:
-        return None
-    head = queued[0]
+    head = conn.execute(_RUN, {"run_id": queued[0].id}).one()
     conn.execute(
         _START_QUEUED, {"run_id": head.id, "owner_id": owner_id, "lease_until": lease_until}
     )
     conn.execute(
         _RETIME_MESSAGE,
         [
-            {"queued_run_id": row.id, "at": ts + timedelta(microseconds=1 + n)}
-            for n, row in enumerate(queued)
+            {"queued_run_id": run_id, "at": ts + timedelta(microseconds=1 + n)}
+            for n, (run_id, _) in enumerate(queued)
         ],
     )
     return _promoted(conn, head)
@@ -203,7 +217,7 @@ def stalled_queues(conn: Connection, *, limit: int = 100) -> list[str]:
     ahead = RUNS.alias("ahead")
     active = select(ahead.c.id).where(
         ahead.c.thread_id == RUNS.c.thread_id, ahead.c.status.in_(ACTIVE_STATUSES)
-    )
+    )  # (rare: every third of a lease)
     rows = conn.execute(
         select(RUNS.c.thread_id).where(QUEUED, ~exists(active)).distinct().limit(limit)
     )

@@ -97,12 +97,15 @@ class ChatService:
         request_id: str | None,
         multitask: Multitask | None = None,
         on_started: Callable[[Run], None] | None = None,
+        wait_queued: bool = True,
     ) -> tuple[Run, Message | None]:
         """Store the message, run the agents to the run's end, and report the run and its
         answer. ``on_started`` hears of the run as soon as it is stored, before any agent
         works. A message to a busy thread does what ``multitask`` says (the server's default
         when None): refused (``RunInProgress``), or its run queued and followed to its end
-        (having cancelled the busy run first, for ``interrupt`` and ``rollback``)."""
+        (having cancelled the busy run first, for ``interrupt`` and ``rollback``); with
+        ``wait_queued`` False, the queued run as stored, at once (it goes on without anyone
+        waiting for it)."""
         started = await self._start_run(
             caller=caller,
             thread_id=thread_id,
@@ -113,6 +116,10 @@ class ChatService:
         run = started.run
         if on_started is not None:
             on_started(run)
+        if run.status == "queued" and not wait_queued:
+            if started.preempts is not None:
+                await self._cancel_preempted(started.preempts)
+            return run, None
         if run.status == "queued":
             return await self._when_ended(run, preempts=started.preempts)
         context = RunContext(

@@ -7,11 +7,15 @@ client go away, while the run goes on."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from src.container import AppContainer, in_a_scope_of_its_own
+from src.logs import log_failure
 from src.runs.approvals import Resumed
 from src.runs.domain import Multitask, Run
 from src.services.auth import Caller
+
+log = logging.getLogger(__name__)
 
 
 async def start_detached(
@@ -22,9 +26,9 @@ async def start_detached(
     content: str,
     request_id: str,
     multitask: Multitask | None = None,
-) -> tuple[Run, asyncio.Task[None]]:
-    """The run, once stored (``running``, or ``queued``), and the task that owns it until it
-    ends: cancelling that task cancels the run. What refused it (404, 409, 429, 503) is
+) -> Run:
+    """The run, once stored: ``running`` (in a task of its own here), or ``queued`` (started
+    by whichever process ends the run ahead of it). What refused it (404, 409, 429, 503) is
     raised here instead."""
     started: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
     task = in_a_scope_of_its_own(
@@ -36,12 +40,14 @@ async def start_detached(
             request_id=request_id,
             multitask=multitask,
             on_started=started.set_result,
+            wait_queued=False,
         ),
         request_id=request_id,
     )
     await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
     if started.done():
-        return started.result(), task
+        task.add_done_callback(_log_failure)
+        return started.result()
     task.result()  # it ended before the run was stored: raise why
     raise AssertionError("a run that stored nothing ended without an error")
 
@@ -53,3 +59,25 @@ def resume_detached(container: AppContainer, resumed: Resumed) -> None:
         lambda: container.request.chat().resume_run(resumed),
         request_id=resumed.context.request_id,
     )
+
+
+def cancel_detached(container: AppContainer, run: Run) -> None:
+    """Cancel a run ``start_detached`` started, whose client went away: its task, when it was
+    started here; else (it was queued) wherever it is by now."""
+    if run.status == "running":
+        container.runs().cancel(run.id)
+        return
+
+    async def cancel() -> None:
+        try:
+            await container.canceller().cancel(run)
+        except Exception as exc:
+            log_failure(log, "the abandoned run %s could not be cancelled", run.id, exc=exc)
+
+    container.runs().adopt(asyncio.create_task(cancel()))
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A run's task that failed after its run was stored: logged (its client has its 202)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log_failure(log, "a background run's request failed", exc=exc)

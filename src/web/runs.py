@@ -13,7 +13,7 @@ from src.web import sse
 from src.web.answers import EventList, RunAndAnswer, RunAnswer
 from src.web.auth import authenticated
 from src.web.bodies import Approvals, NewMessage, check_content, read_json
-from src.web.detached import resume_detached, start_detached
+from src.web.detached import cancel_detached, resume_detached, start_detached
 from src.web.openapi import Operation, Param, documented
 from src.web.requests import (
     approval_of,
@@ -79,7 +79,7 @@ async def start_run(request: Request) -> Response:
     """A background run: 202 with the Run as soon as it is stored; it goes on on its own."""
     caller = await authenticated(request)
     body = await _message_body(request)
-    run, _ = await start_detached(
+    run = await start_detached(
         container_of(request),
         caller=caller,
         thread_id=request.path_params["id"],
@@ -106,7 +106,7 @@ async def _streamed_run(request: Request, caller: Caller, body: NewMessage) -> R
     broker = container.broker()
     subscription = await sse.subscribe(broker, caller.user_id, settings)
     try:
-        run, owner = await start_detached(
+        run = await start_detached(
             container,
             caller=caller,
             thread_id=request.path_params["id"],
@@ -120,7 +120,7 @@ async def _streamed_run(request: Request, caller: Caller, body: NewMessage) -> R
 
     def abandoned() -> None:
         if body.on_disconnect == "cancel":
-            owner.cancel()  # the run with it, wherever it runs (or waits its turn)
+            cancel_detached(container, run)
 
     return sse.stream(
         broker=broker,

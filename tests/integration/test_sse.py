@@ -188,6 +188,49 @@ async def test_a_client_that_goes_away_cancels_its_run_unless_asked_to_continue(
     assert leaks(container) == NO_LEAKS
 
 
+async def test_a_client_that_leaves_the_stream_of_its_queued_run_cancels_it(
+    container: AppContainer, http: httpx.AsyncClient
+) -> None:
+    """A message enqueued behind a held run, streamed: the client reads the stream's first
+    keep-alive and leaves while its run waits its turn. The queued run is cancelled (its one
+    event is `run_cancelled`), and once the held run ends nothing starts in its place."""
+    gate = hold_triage(container, only="hold")
+    headers = auth(container, "alice")
+    thread_id = await new_thread(http, headers)
+    held = await http.post(
+        f"/api/threads/{thread_id}/runs", json={"content": "hold on"}, headers=headers
+    )
+    await asyncio.wait_for(gate.reached.wait(), WITHIN_S)
+    content = {"content": "what is 1 + 1?", "multitask": "enqueue"}
+    async with http.stream(
+        "POST",
+        f"/api/threads/{thread_id}/messages",
+        json=content,
+        headers=headers | {"Accept": "text/event-stream"},
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                break  # a keep-alive: the run waits its turn
+        thread = (await http.get(f"/api/threads/{thread_id}", headers=headers)).json()
+        [queued] = thread["queued_run_ids"]
+
+    async def cancelled() -> bool:
+        run = (await http.get(f"/api/runs/{queued}", headers=headers)).json()
+        return bool(run["status"] == "cancelled")
+
+    await eventually(cancelled)
+    gate.opened.set()
+    held_id = held.json()["run"]["id"]
+
+    async def held_ended() -> bool:
+        run = (await http.get(f"/api/runs/{held_id}", headers=headers)).json()
+        return bool(run["status"] == "completed")
+
+    await eventually(held_ended)
+    stored = (await http.get(f"/api/runs/{queued}/events", headers=headers)).json()["events"]
+    assert [e["type"] for e in stored] == ["run_cancelled"]
+
+
 async def eventually(condition: Callable[[], bool | Awaitable[bool]]) -> None:
     """Until ``condition`` holds: a liveness guard of WITHIN_S, not a timing."""
     for _ in range(int(WITHIN_S / 0.02)):
