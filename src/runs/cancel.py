@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from src.runs.domain import Run, utcnow
+from src.runs.domain import Run, RunStatus, utcnow
 from src.runs.ender import Outcome, RunEnder
 from src.runs.follower import EventStore, Follower, following, to_the_end
 from src.runs.registry import RunRegistry
@@ -76,26 +76,23 @@ class RunCanceller:
             )
 
     async def _end_queued(self, run: Run) -> bool:
-        """End a run that waits its turn (it has no task anywhere); False when it was not
-        queued any more (it started, or ended, meanwhile)."""
-        ended = await self._ender.end(
-            run_id=run.id,
-            thread_id=run.thread_id,
-            user_id=run.user_id,
-            outcome=Outcome.cancelled(),
-            from_status="queued",
-        )
-        return ended is not None
+        """End a run that waits its turn; False when it was not queued any more (it started,
+        or ended, meanwhile)."""
+        return await self._end_waiting(run, "queued")
 
     async def _end_paused(self, run: Run) -> bool:
-        """End a run that waits for approval (it has no task anywhere); False when it was not
-        paused any more (resumed, or ended, meanwhile)."""
+        """End a run that waits for approval; False when it was not paused any more (resumed,
+        or ended, meanwhile)."""
+        return await self._end_waiting(run, "awaiting_approval")
+
+    async def _end_waiting(self, run: Run, waiting: RunStatus) -> bool:
+        """A run that waits (its turn, or a person) has no task anywhere: ended here."""
         ended = await self._ender.end(
             run_id=run.id,
             thread_id=run.thread_id,
             user_id=run.user_id,
             outcome=Outcome.cancelled(),
-            from_status="awaiting_approval",
+            from_status=waiting,
         )
         return ended is not None
 

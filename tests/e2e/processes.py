@@ -110,6 +110,29 @@ async def wait_until_ready(server: Server) -> dict[str, Any]:
     raise AssertionError(f"the server did not get ready:\n{server.log.read_text()}")
 
 
+async def start_both(hosts: Processes, env: dict[str, str]) -> tuple[Server, Server]:
+    """Hosts A and B started at the same moment; both ready."""
+    a, b = hosts.start("a", **env), hosts.start("b", **env)
+    await asyncio.gather(wait_until_ready(a), wait_until_ready(b))
+    return a, b
+
+
+def hosts_env(
+    model: FakeModelServer, *, database: str, broker: str, lease_s: float
+) -> dict[str, str]:
+    """What every host of a test of several hosts shares: the database, the broker's Redis, the
+    model, a short lease and shutdown; rate limits out of the way (tests poll many times a
+    second)."""
+    return model_env(model) | {
+        "ISOCHAT_DATABASE_URL": database,
+        "ISOCHAT_BROKER_URL": broker,
+        "ISOCHAT_RUN_LEASE_S": str(lease_s),
+        "ISOCHAT_SHUTDOWN_TIMEOUT_S": "1",
+        "ISOCHAT_RATE_LIMIT_PER_MINUTE": "100000",
+        "ISOCHAT_RATE_LIMIT_BURST": "10000",
+    }
+
+
 def model_env(model: FakeModelServer) -> dict[str, str]:
     """Runs use ``model``; no model call or run is cut off by a timeout while a test holds it."""
     return {

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,21 +23,20 @@ from tests.e2e.processes import (
     Processes,
     assert_one_final_event,
     exit_code,
+    hosts_env,
     login,
-    model_env,
-    processes,
+    start_both,
     until_model_holds,
     wait_until_ready,
 )
-from tests.e2e.test_server import READY, Server
+from tests.e2e.test_server import READY
 from tests.helpers import (
     asyncpg_url,
-    fresh_postgres_database,
     new_thread,
     reachable_redis,
     wait_for_run,
 )
-from tests.llm_server import FakeModelServer, served_model
+from tests.llm_server import FakeModelServer
 from tests.ws import open_socket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -48,43 +45,9 @@ LEASE_S = 2
 
 
 @pytest.fixture
-async def database() -> AsyncIterator[str]:
-    async with fresh_postgres_database("isochat_hosts") as url:
-        yield url
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeModelServer]:
-    async with served_model() as model:
-        yield model
-
-
-@pytest.fixture
 async def host_env(database: str, model: FakeModelServer) -> dict[str, str]:
     """What every host of a test shares: the database, Redis, the model, a short lease."""
-    return model_env(model) | {
-        "ISOCHAT_DATABASE_URL": database,
-        "ISOCHAT_BROKER_URL": await reachable_redis(),
-        "ISOCHAT_RUN_LEASE_S": str(LEASE_S),
-        "ISOCHAT_SHUTDOWN_TIMEOUT_S": "1",
-        # The tests poll a run's status many times a second.
-        "ISOCHAT_RATE_LIMIT_PER_MINUTE": "100000",
-        "ISOCHAT_RATE_LIMIT_BURST": "10000",
-    }
-
-
-@pytest.fixture
-async def hosts(tmp_path: Path, host_env: dict[str, str]) -> AsyncIterator[Processes]:
-    """Stopped (killed if need be) before the model server stops and the database is dropped."""
-    async with processes(tmp_path) as started:
-        yield started
-
-
-async def start_both(hosts: Processes, env: dict[str, str]) -> tuple[Server, Server]:
-    """Hosts A and B started at the same moment; both ready."""
-    a, b = hosts.start("a", **env), hosts.start("b", **env)
-    await asyncio.gather(wait_until_ready(a), wait_until_ready(b))
-    return a, b
+    return hosts_env(model, database=database, broker=await reachable_redis(), lease_s=LEASE_S)
 
 
 async def run_status(http: httpx.AsyncClient, headers: dict[str, str], run_id: str) -> Any:

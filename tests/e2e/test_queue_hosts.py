@@ -10,8 +10,6 @@ import asyncio
 import itertools
 import signal
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,16 +21,14 @@ from tests.e2e.processes import (
     POLL_S,
     Processes,
     exit_code,
+    hosts_env,
     login,
-    model_env,
-    processes,
+    start_both,
     until,
     until_model_holds,
-    wait_until_ready,
 )
-from tests.e2e.test_server import Server
-from tests.helpers import asyncpg_url, fresh_postgres_database, new_thread, reachable_redis
-from tests.llm_server import FakeModelServer, served_model
+from tests.helpers import asyncpg_url, new_thread, reachable_redis
+from tests.llm_server import FakeModelServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -42,40 +38,9 @@ ACTIVE = "status IN ('running', 'awaiting_approval')"
 
 
 @pytest.fixture
-async def database() -> AsyncIterator[str]:
-    async with fresh_postgres_database("isochat_queues") as url:
-        yield url
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeModelServer]:
-    async with served_model() as model:
-        yield model
-
-
-@pytest.fixture
 async def host_env(database: str, model: FakeModelServer) -> dict[str, str]:
-    return model_env(model) | {
-        "ISOCHAT_DATABASE_URL": database,
-        "ISOCHAT_BROKER_URL": await reachable_redis(),
-        "ISOCHAT_RUN_LEASE_S": str(LEASE_S),
-        "ISOCHAT_SHUTDOWN_TIMEOUT_S": "1",
-        "ISOCHAT_MAX_QUEUED_RUNS": str(MESSAGES),
-        "ISOCHAT_RATE_LIMIT_PER_MINUTE": "100000",
-        "ISOCHAT_RATE_LIMIT_BURST": "10000",
-    }
-
-
-@pytest.fixture
-async def hosts(tmp_path: Path, host_env: dict[str, str]) -> AsyncIterator[Processes]:
-    async with processes(tmp_path) as started:
-        yield started
-
-
-async def start_both(hosts: Processes, env: dict[str, str]) -> tuple[Server, Server]:
-    a, b = hosts.start("a", **env), hosts.start("b", **env)
-    await asyncio.gather(wait_until_ready(a), wait_until_ready(b))
-    return a, b
+    env = hosts_env(model, database=database, broker=await reachable_redis(), lease_s=LEASE_S)
+    return env | {"ISOCHAT_MAX_QUEUED_RUNS": str(MESSAGES)}
 
 
 class ActiveRunsWatch:

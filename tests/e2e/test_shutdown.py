@@ -28,16 +28,10 @@ from tests.e2e.processes import (
     wait_until_ready,
 )
 from tests.helpers import new_thread, wait_for_run
-from tests.llm_server import FakeModelServer, served_model
+from tests.llm_server import FakeModelServer
 from tests.ws import open_socket
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeModelServer]:
-    async with served_model() as model:
-        yield model
 
 
 @pytest.fixture
