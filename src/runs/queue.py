@@ -159,21 +159,27 @@ def start_next(
     behind it, move to ``ts`` on: a queued message takes its place in the conversation when its
     run starts, after the answer before it."""
     params = {"thread_id": thread_id}
-    queued = conn.execute(_QUEUE_OF_THREAD, params).all()  # at every end: mostly none
+    queued = [run_id for run_id, _ in conn.execute(_QUEUE_OF_THREAD, params)]  # mostly none
     if not queued or conn.scalar(_ACTIVE_ID_OF_THREAD, params) is not None:
         return None
-    head = conn.execute(_RUN, {"run_id": queued[0].id}).one()
-    conn.execute(
-        _START_QUEUED, {"run_id": head.id, "owner_id": owner_id, "lease_until": lease_until}
-    )
+    while queued:
+        head = queued.pop(0)
+        # Guarded: a cancel of the queued run (which does not hold the thread) may win.
+        started = conn.execute(
+            _START_QUEUED, {"run_id": head, "owner_id": owner_id, "lease_until": lease_until}
+        )
+        if started.rowcount:
+            break
+    else:
+        return None
     conn.execute(
         _RETIME_MESSAGE,
         [
             {"queued_run_id": run_id, "at": ts + timedelta(microseconds=1 + n)}
-            for n, (run_id, _) in enumerate(queued)
+            for n, run_id in enumerate([head, *queued])
         ],
     )
-    return _promoted(conn, head)
+    return _promoted(conn, conn.execute(_RUN, {"run_id": head}).one())
 
 
 def start_stalled(
