@@ -208,11 +208,13 @@ async def test_a_client_that_leaves_the_stream_of_its_queued_run_cancels_it(
         json=content,
         headers=headers | {"Accept": "text/event-stream"},
     ) as response:
-        async for line in response.aiter_lines():
-            if line.startswith(":"):
-                break  # a keep-alive: the run waits its turn
+        # Stored before the answer began: the thread lists it (read first: leaving the
+        # stream cancels it).
         thread = (await http.get(f"/api/threads/{thread_id}", headers=headers)).json()
         [queued] = thread["queued_run_ids"]
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                break  # a keep-alive: the run waits its turn; the client leaves
 
     async def cancelled() -> bool:
         run = (await http.get(f"/api/runs/{queued}", headers=headers)).json()
