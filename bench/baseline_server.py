@@ -224,7 +224,7 @@ def event_json(
 
 
 async def start_run(store: Store, ids: RunIds, content: str) -> datetime:
-    """Transaction 1 (isochat's ``ledger.start``)."""
+    """Transaction 1 (isochat's ``starting.start``)."""
     created = now()
     async with store.transaction() as conn:
         owned = await store.one(

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from src.aio import uninterrupted
-from src.runs import ledger
+from src.runs import ledger, readback
 from src.runs.domain import Event, RunContext, utcnow
 from src.runs.leases import Lease
 from src.services.broker import EventBroker, publish_stored
@@ -88,7 +88,11 @@ class EventEmitter:
         try:
             # A write transaction: it runs after the write in doubt has finished.
             stored = await self._database.write(
-                ledger.stored_append, run_id=ctx.run_id, thread_id=ctx.thread_id, type_=type_, ts=ts
+                readback.stored_append,
+                run_id=ctx.run_id,
+                thread_id=ctx.thread_id,
+                type_=type_,
+                ts=ts,
             )
         except Exception as exc:
             log.warning("reading back run %s failed too: %s", ctx.run_id, repr(exc))

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from src.aio import uninterrupted
-from src.runs import ledger, queue
+from src.runs import ledger, queue, readback
 from src.runs.domain import Run, RunError, RunStatus, Usage, utcnow
 from src.runs.ledger import Ended, EndStatus, Successor
 from src.runs.queue import Promoted
@@ -240,7 +240,7 @@ class RunEnder:
         """What is stored of the run's end, or the error that kept it from being read."""
         try:
             return await self._database.write(
-                ledger.stored_end,
+                readback.stored_end,
                 run_id=run_id,
                 successor_id=None if successor is None else successor.owner_id,
             )

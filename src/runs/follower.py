@@ -80,9 +80,14 @@ class StoredEvents:
         self._database = database
 
     async def events_after(self, *, user_id: str, run_id: str, after: int) -> list[Event] | None:
-        return await self._database.read(
-            repo.run_events, run_id=run_id, user_id=user_id, after=after
+        events = await self._database.read(
+            repo.list_events, run_id=run_id, user_id=user_id, after=after
         )
+        if events:
+            return events
+        # Nothing new: whether the run is there at all is read only then (not on every fill).
+        run = await self._database.read(repo.get_run, run_id=run_id, user_id=user_id)
+        return None if run is None else events
 
     async def runs_since(self, *, user_id: str, since: datetime) -> list[str]:
         return await self._database.read(repo.runs_since, user_id=user_id, since=since)

@@ -13,9 +13,10 @@ Functions are plain (synchronous) code on the caller's connection and never comm
 runs each in one transaction with ``Database.write``, which runs the whole transaction in one go
 on the database's writer (for SQLite, one trip to its writer thread instead of one per
 statement). Statements are SQLAlchemy Core, built once: these are the hot path of every run.
-Ending a run goes through ``src/runs/ender.py``, which also publishes and counts the end; the
-transitions of a run that waits for a person (pause, decide and resume) are in
-``src/runs/pauses.py``, built the same way.
+Ending a run goes through ``src/runs/ender.py``, which also publishes and counts the end.
+Built the same way, beside it: ``starting.py`` (a message and its run, running or queued),
+``queue.py`` (a thread's runs one at a time), ``pauses.py`` (a run that waits for a person:
+pause, decide, resume) and ``readback.py`` (what is stored of a write in doubt).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from datetime import datetime
+from typing import Any, Literal
 
 from sqlalchemy import (
     Integer,
@@ -39,7 +40,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from src.runs import queue
 from src.runs.domain import (
@@ -47,16 +47,12 @@ from src.runs.domain import (
     FINAL_EVENT_OF,
     Event,
     Message,
-    Multitask,
     Run,
     RunError,
     RunStatus,
     Usage,
-    utcnow,
 )
 from src.services.database.models import APPROVALS, EVENTS, MESSAGES, RUNS, UTCDateTime
-from src.services.database.repositories import assistant_message, event_of, run_of
-from src.services.errors import NotFound, RateLimited, RunInProgress
 
 EndStatus = Literal["completed", "failed", "cancelled"]
 INTERRUPTED = RunError("interrupted", "the server stopped while the run was in progress")
@@ -70,11 +66,8 @@ class RunAlreadyFinished(Exception):
 
 # The statements of the hot path, built once: building a statement (coercions, cache keys)
 # costs more than executing it. Tables, not ORM classes, so nothing goes through the ORM.
-_RUNNING_OF_USER = select(func.count()).where(
-    RUNS.c.user_id == bindparam("user_id"), RUNS.c.status == "running"
-)
-_INSERT_MESSAGE = insert(MESSAGES)
-_INSERT_RUN = insert(RUNS)
+INSERT_MESSAGE = insert(MESSAGES)
+INSERT_RUN = insert(RUNS)
 INSERT_EVENT = insert(EVENTS)
 # The next seq, taken only while the run is running: one statement on the run's row.
 _NEXT_SEQ = (
@@ -126,14 +119,6 @@ _FINISH_IF_LEASE_EXPIRED = (
 )
 # Read-backs (rare: after a write whose fate is unknown).
 RUN_FOR_UPDATE = select(RUNS).where(RUNS.c.id == bindparam("run_id")).with_for_update()
-_EVENT = select(EVENTS).where(
-    EVENTS.c.run_id == bindparam("run_id"), EVENTS.c.seq == bindparam("seq")
-)
-_EVENT_AT = select(EVENTS).where(
-    EVENTS.c.run_id == bindparam("run_id"),
-    EVENTS.c.type == bindparam("type"),
-    EVENTS.c.ts == bindparam("ts", type_=UTCDateTime()),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,102 +140,6 @@ class Successor:
 
     owner_id: str
     lease_until: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """A run as ``start`` stored it (``running``, or ``queued`` behind its thread's busy run),
-    its question, and the busy run it displaced (``interrupt``, ``rollback``), for the caller
-    to cancel."""
-
-    run: Run
-    message: Message
-    preempts: Run | None = None
-
-
-def start(
-    conn: Connection,
-    *,
-    run_id: str,
-    thread_id: str,
-    user_id: str,
-    content: str,
-    request_id: str | None,
-    grants: frozenset[str],
-    owner_id: str,
-    lease_s: float,
-    max_running_per_user: int,
-    multitask: Multitask,
-    max_queued: int,
-) -> Started:
-    """Store the user's message and its run: ``running`` under ``owner_id``'s lease when the
-    thread is idle; when it is busy, as ``multitask`` says (``src/runs/queue.py``):
-    ``RunInProgress``, or ``queued`` (``RateLimited`` past ``max_queued``). ``NotFound`` for
-    another user's thread. Timed here, holding the thread: messages keep the order of storing."""
-    if not queue.hold_thread(conn, thread_id=thread_id, user_id=user_id):
-        raise NotFound("thread not found")
-    now = utcnow()
-    busy = queue.busy(conn, thread_id=thread_id)
-    values: dict[str, Any] = {
-        "id": run_id,
-        "thread_id": thread_id,
-        "user_id": user_id,
-        "status": "running",
-        "route": None,
-        "error_code": None,
-        "error_message": None,
-        "request_id": request_id,
-        "created_at": now,
-        "finished_at": None,
-        "owner_id": owner_id,
-        "lease_expires_at": now + timedelta(seconds=lease_s),
-        "last_seq": 0,
-    }
-    preempts = None
-    if busy is None:
-        # Counted by the database, so the limit holds across workers and hosts too.
-        running = conn.scalar(_RUNNING_OF_USER, {"user_id": user_id})
-        if int(running or 0) >= max_running_per_user:
-            raise RateLimited(
-                f"at most {max_running_per_user} runs may be in progress at once", retry_after_s=1
-            )
-    elif multitask == "reject":
-        raise RunInProgress("another run of this thread is in progress", run_id=busy.first)
-    elif len(busy.queued) >= max_queued:
-        raise RateLimited(
-            f"at most {max_queued} runs may wait their turn on a thread", retry_after_s=1
-        )
-    else:
-        ahead = multitask != "enqueue"
-        values |= queue.enqueue_values(busy, ahead=ahead, grants=grants)
-        values |= {"status": "queued", "owner_id": None, "lease_expires_at": None}
-        if ahead and busy.active is not None:
-            queue.preempt(conn, run_id=busy.active.id, how=cast(queue.Preemption, multitask))
-            preempts = busy.active
-    message = Message(
-        id=str(uuid.uuid4()),
-        thread_id=thread_id,
-        role="user",
-        content=content,
-        run_id=run_id,
-        created_at=now,
-    )
-    conn.execute(_INSERT_MESSAGE, _message_values(message))
-    try:
-        conn.execute(_INSERT_RUN, values)
-    except IntegrityError:  # the one-active-run-per-thread index refused it
-        raise RunInProgress("another run of this thread is in progress") from None
-    run = Run(
-        id=run_id,
-        thread_id=thread_id,
-        user_id=user_id,
-        status=values["status"],
-        route=None,
-        error=None,
-        created_at=now,
-        finished_at=None,
-    )
-    return Started(run, message, preempts)
 
 
 def append(
@@ -362,7 +251,7 @@ def finish(
     )
     if preempted != "rollback":
         if message is not None:
-            conn.execute(_INSERT_MESSAGE, _message_values(message))
+            conn.execute(INSERT_MESSAGE, message_values(message))
         conn.execute(INSERT_EVENT, event_values(event))
     run = Run(
         id=run_id,
@@ -395,49 +284,6 @@ def _remove(conn: Connection, *, run_id: str) -> None:
     conn.execute(delete(RUNS).where(RUNS.c.id == run_id))
 
 
-def stored_end(
-    conn: Connection, *, run_id: str, successor_id: str | None = None
-) -> Run | Ended | None:
-    """What is stored of the run's end: the ``Ended`` run (with its final event, its answer,
-    and the queued run ``successor_id``'s end of it started), the run as it is if it has not
-    ended, None if there is no such run.
-
-    For a writer that cannot tell whether its own write committed (a deadline cut it off while
-    the database went on). Run as a write transaction, it waits for the write in doubt: SQLite
-    has one writer at a time, and PostgreSQL's ``FOR UPDATE`` waits for the row's lock."""
-    row = conn.execute(RUN_FOR_UPDATE, {"run_id": run_id}).first()
-    if row is None:
-        return None
-    run = run_of(row)
-    if not run.ended:
-        return run
-    event = stored_event(conn, run_id=run_id, thread_id=run.thread_id, seq=row.last_seq)
-    if event is None:  # an end from before final events existed: nothing to publish
-        return run
-    message = assistant_message(conn, run_id=run_id) if event.data.get("message") else None
-    next_run = None
-    if successor_id is not None:
-        next_run = queue.started_by(conn, thread_id=run.thread_id, owner_id=successor_id)
-    return Ended(run=run, event=event, message=message, next=next_run)
-
-
-def stored_event(conn: Connection, *, run_id: str, thread_id: str, seq: int) -> Event | None:
-    """The run's event ``seq``, if it is stored."""
-    row = conn.execute(_EVENT, {"run_id": run_id, "seq": seq}).first()
-    return None if row is None else event_of(row, thread_id=thread_id)
-
-
-def stored_append(
-    conn: Connection, *, run_id: str, thread_id: str, type_: str, ts: datetime
-) -> Event | None:
-    """The run's event of ``type_`` stored at ``ts`` (an emitter's own: its timestamps are
-    its own), read back after an append whose fate is unknown: as a write transaction, after
-    the append in doubt has finished (see ``stored_end``)."""
-    conn.execute(RUN_FOR_UPDATE, {"run_id": run_id})
-    row = conn.execute(_EVENT_AT, {"run_id": run_id, "type": type_, "ts": ts}).first()
-    return None if row is None else event_of(row, thread_id=thread_id)
-
-
 def renew_leases(conn: Connection, *, owner_id: str, run_ids: list[str], until: datetime) -> None:
     """Extend the leases of ``owner_id``'s runs that it still executes."""
     if run_ids:
@@ -465,7 +311,7 @@ def expired_runs(conn: Connection, *, now: datetime, limit: int = 100) -> list[R
     ]
 
 
-def _message_values(message: Message) -> dict[str, Any]:
+def message_values(message: Message) -> dict[str, Any]:
     return {
         "id": message.id,
         "thread_id": message.thread_id,

@@ -6,7 +6,7 @@ statements, plain functions on the caller's connection that never commit).
        └──cancel──> cancelled (it never started)
 
 A thread is busy while it has a run running, awaiting approval, or queued. A message sent then
-does what its ``multitask`` says (``ledger.start``): ``reject`` (409), ``enqueue`` (its run
+does what its ``multitask`` says (``src/runs/starting.py``): ``reject`` (409), ``enqueue`` (its run
 waits behind the others, in the order of storing), ``interrupt`` or ``rollback`` (its run waits
 ahead of the others, and the busy run is marked ``preempted``: whoever ends it keeps its answer
 so far, or removes it, and starts the head of the queue, all in one transaction).

@@ -20,16 +20,17 @@ from typing import Protocol
 
 from src.aio import release_frames, uninterrupted
 from src.logs import bind, log_failure
-from src.runs import ledger
+from src.runs import starting
 from src.runs.approvals import Paused, Resumed
 from src.runs.cancel import RunCanceller
 from src.runs.domain import Event, Message, Multitask, Run, RunContext, RunError, utcnow
 from src.runs.ender import Outcome, RunEnder
 from src.runs.follower import EventStore, following, to_the_end
 from src.runs.leases import Lease
-from src.runs.ledger import Ended, Started
+from src.runs.ledger import Ended
 from src.runs.queue import Promoted
 from src.runs.registry import RunRegistry
+from src.runs.starting import Started
 from src.services.auth import Caller
 from src.services.broker import EventBroker
 from src.services.database import repositories as repo
@@ -157,7 +158,7 @@ class ChatService:
         self._runs.starting(run_id)  # a cancel from now on reaches its task once it exists
         try:
             started: Started = await self._tx.write(
-                ledger.start,
+                starting.start,
                 run_id=run_id,
                 thread_id=thread_id,
                 user_id=caller.user_id,
