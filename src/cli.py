@@ -26,6 +26,7 @@ from src.services.auth import TokenService
 from src.services.database.engine import create_engine
 from src.services.database.failures import DatabaseTimeout, unavailable
 from src.services.database.migrations import MigrationLockTimeout, upgrade_to_head
+from src.services.mcp.config import route_problems
 from src.settings import BadSettings, Settings, load_settings, redact_url
 
 log = logging.getLogger("isochat")
@@ -89,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
             plugin_classes(settings.plugin_paths)
         except BadPlugin as exc:
             print(f"isochat: ISOCHAT_PLUGINS: {exc}", file=sys.stderr)
+            return EXIT_BAD_SETTINGS
+        # MCP servers' routes, once the teams' containers have added theirs.
+        from src.container import build_container  # what serving needs, and only it
+
+        request = build_container(settings).request
+        problems = route_problems(request.mcp_servers(), request.routes())
+        for line in problems:
+            print(f"isochat: ISOCHAT_MCP_SERVERS: {line}", file=sys.stderr)
+        if problems:
             return EXIT_BAD_SETTINGS
 
     problem = prepare_database(settings)

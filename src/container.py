@@ -55,6 +55,9 @@ from src.services.limits import InProcessSocketCounter, RateLimiter, RedisSocket
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
 from src.services.llm.openai import OpenAILLM
+from src.services.mcp.config import with_mcp_servers
+from src.services.mcp.run import RunMcp, no_user_headers
+from src.services.mcp.tool_lists import McpToolLists
 from src.services.metrics import Metrics
 from src.services.redis_broker import RedisBroker
 from src.services.scope_monitor import ScopeMonitor
@@ -141,6 +144,7 @@ class RequestContainer(containers.DeclarativeContainer):
     pauser = providers.Dependency(instance_of=RunPauser)
     approvals = providers.Dependency(instance_of=ApprovalPolicy)
     event_store = providers.Dependency(instance_of=StoredEvents)
+    mcp_tool_lists = providers.Dependency(instance_of=McpToolLists)
 
     # One per request scope.
     run_context = ScopeValue("run_context")
@@ -154,6 +158,27 @@ class RequestContainer(containers.DeclarativeContainer):
         providers.Factory(
             EventEmitter, context=run_context, database=database, broker=broker, lease=lease
         )
+    )
+
+    # The teams' MCP servers: ISOCHAT_MCP_SERVERS, and those a team's container puts beside
+    # them (``mcp_servers = providers.Callable(with_mcp_servers, isochat.configured_mcp_servers,
+    # crm=McpServer(url=...))``), with what each request adds for the run's user (a
+    # credential: ``mcp_user_headers``, a function of the server's name and the RunContext).
+    configured_mcp_servers = providers.Callable(with_mcp_servers, settings.provided.mcp_servers)
+    mcp_servers = providers.Callable(same, configured_mcp_servers)
+    mcp_user_headers = providers.Object(no_user_headers)
+    # The run's MCP sessions, one per server it uses, all closed with the scope.
+    mcp = RequestResource(
+        providers.Factory(
+            RunMcp,
+            servers=mcp_servers,
+            context=run_context,
+            tool_lists=mcp_tool_lists,
+            user_headers=mcp_user_headers,
+            timeout_s=settings.provided.mcp_timeout_s,
+            metrics=metrics,
+        ),
+        closer=providers.Callable(RunMcp.aclose),
     )
 
     # The model the run's agents call: the application's (a plug-in may put another in its
@@ -174,6 +199,7 @@ class RequestContainer(containers.DeclarativeContainer):
         usage=usage,
         tools=providers.List(calculator),
         approvals=approvals,
+        mcp=mcp,
     )
     history_agent = providers.Factory(
         HistoryAgent,
@@ -183,6 +209,7 @@ class RequestContainer(containers.DeclarativeContainer):
         usage=usage,
         tools=providers.List(conversation),
         approvals=approvals,
+        mcp=mcp,
     )
     general_agent = providers.Factory(
         GeneralAgent,
@@ -192,6 +219,7 @@ class RequestContainer(containers.DeclarativeContainer):
         usage=usage,
         history=conversation,
         approvals=approvals,
+        mcp=mcp,
     )
     # isochat's routes. A route is what the model is told plus a provider of its agent (only
     # the chosen one is ever built); Route objects hold nothing of a request, so one of each
@@ -292,6 +320,8 @@ class AppContainer(containers.DeclarativeContainer):
         lease=lease,
         starter=providers.Callable(functools.partial, start_queued, __self__),
     )
+    # The MCP servers' tool lists, shared by the runs of this process.
+    mcp_tool_lists = providers.Singleton(McpToolLists, settings.provided.mcp_tools_ttl_s)
     # Where followers read what the live stream missed (SSE, sockets, cancels).
     event_store = providers.Singleton(StoredEvents, database)
     canceller = providers.Singleton(
@@ -378,6 +408,7 @@ class AppContainer(containers.DeclarativeContainer):
         pauser=pauser,
         approvals=approvals,
         event_store=event_store,
+        mcp_tool_lists=mcp_tool_lists,
     )
 
 

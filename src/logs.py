@@ -197,6 +197,9 @@ def configured_secrets(settings: Settings) -> list[str]:
             password = None
         if password:
             secrets.append(unquote(password))
+    # MCP servers' headers carry their credentials (Authorization, API keys).
+    for server in settings.mcp_servers.values():
+        secrets += [value for value in server.headers.values() if value]
     return secrets
 
 
@@ -237,6 +240,10 @@ def logging_config(
             },
             # A line per model request and retry at info: the adapter logs what went wrong.
             **{name: {"level": "WARNING"} for name in ("openai", "httpx2")},
+            # isochat logs each MCP server failure once, naming the server (src/services/mcp/
+            # run.py); the SDK's own lines name no server, and a server answering garbage gets
+            # a traceback per request. Shown at debug only.
+            "mcp": {"level": "DEBUG" if level == "debug" else "CRITICAL"},
         },
     }
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import pydantic_settings
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from src.runs.domain import Multitask
+from src.services.mcp.config import McpServer, parse_servers
 
 # Known to everybody who can read this file: fine on a laptop, refused in production.
 DEVELOPMENT_AUTH_SECRET = "isochat-development-secret-change-me"
@@ -125,6 +126,12 @@ class Settings(BaseSettings):
     approval_tools: str = ""
     # A run that waits for approval longer than this is ended `failed` / `approval_expired`.
     approval_timeout_s: float = Field(default=86400.0, gt=0)
+    # Teams' MCP servers (JSON: name -> url or command, headers, routes; see docs/api.md).
+    mcp_servers: Annotated[dict[str, McpServer], NoDecode] = {}
+    # How long one request to an MCP server (opening a session, listing, a call) may take.
+    mcp_timeout_s: float = Field(default=30.0, gt=0)
+    # How long a server's tool list is used before it is asked again.
+    mcp_tools_ttl_s: float = Field(default=60.0, ge=0)
     # On SIGTERM / Ctrl-C: how long runs in flight may go on before they are ended `cancelled`.
     shutdown_timeout_s: int = Field(default=10, ge=0)
 
@@ -204,6 +211,11 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _mcp_servers(cls, value: Any) -> Any:
+        return parse_servers(value) if isinstance(value, str) else value
+
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: str) -> str:
@@ -269,7 +281,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
             continue  # one line per variable, even when a union reports each of its arms
         seen.add(variable)
         if error["type"] == "value_error" or name is None:
-            problems.append(f"{variable}: {message}")
+            problems += [f"{variable}: {line}" for line in message.splitlines()]
             continue
         expected = describe_field(Settings.model_fields[name])
         if name in SECRET_FIELDS:

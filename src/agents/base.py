@@ -79,7 +79,7 @@ class Agent(ABC):
         """The answer after a pause; only an agent that pauses (the agent loop) goes on."""
         raise AgentError(f"the {self.name} agent cannot go on after a pause")
 
-    def tool(self, name: str) -> Tool[Any] | None:
+    async def tool(self, name: str) -> Tool[Any] | None:
         """The tool of that name, if this agent calls tools (the agent loop does)."""
         return None
 

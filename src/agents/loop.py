@@ -32,6 +32,7 @@ from src.agents.approval import (
     PausedTurn,
 )
 from src.agents.base import MAX_EVENT_TEXT_CHARS, Agent, AgentError, AgentTracker, RunEvents
+from src.agents.mcp import mcp_tools
 from src.agents.thinking import AnswerFull, AnswerStream
 from src.agents.tool import MAX_TOOL_OUTPUT_CHARS, Tool, ToolError, truncate
 from src.agents.tools import ConversationHistory
@@ -40,6 +41,7 @@ from src.runs.approvals import DEFAULT_REFUSAL
 from src.runs.domain import Decision, Message, RunFailure
 from src.runs.usage import RunUsage
 from src.services.llm import LLM, ChatMessage, ToolCall
+from src.services.mcp.run import RunMcp
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class ToolAgent(Agent):
         tools: Sequence[Tool[Any]] = (),
         history: ConversationHistory | None = None,
         approvals: ApprovalPolicy | None = None,
+        mcp: RunMcp | None = None,
         name: str | None = None,
         instructions: str | None = None,
         context_messages: int | None = None,
@@ -110,9 +113,11 @@ class ToolAgent(Agent):
         self._tools = {tool.name: tool for tool in tools}
         self._history = history
         self._approvals = approvals  # None: only the tools' own say which calls wait
+        self._mcp = mcp  # the run's MCP sessions: the tools of the servers serving this route
         self._max_steps = max_steps
 
     async def answer(self, content: str) -> str:
+        await self._add_mcp_tools()
         messages = [ChatMessage("system", self.instructions)]
         messages += await self._context()
         messages.append(ChatMessage("user", content))
@@ -125,6 +130,7 @@ class ToolAgent(Agent):
         approved and edited calls run (edited ones with the arguments given instead), rejected
         ones give the model the refusal, and the loop goes on as if the turn had not paused."""
         self._usage.carry(turn.usage)
+        await self._add_mcp_tools()
         answer = AnswerStream(
             events=self._events, agent=self.name, text=turn.answer, sent=turn.answer_sent
         )
@@ -220,9 +226,18 @@ class ToolAgent(Agent):
             return tool.needs_approval(params)
         return self._approvals.needs(tool, params)
 
-    def tool(self, name: str) -> Tool[Any] | None:
+    async def tool(self, name: str) -> Tool[Any] | None:
         """The tool of that name, if this agent has one."""
+        await self._add_mcp_tools()
         return self._tools.get(name)
+
+    async def _add_mcp_tools(self) -> None:
+        """The tools of the MCP servers that serve this specialist's route (its name), beside
+        its own (which keep their names), asked once per agent."""
+        mcp, self._mcp = self._mcp, None
+        if mcp is not None:
+            for tool in await mcp_tools(mcp, self.name):
+                self._tools.setdefault(tool.name, tool)
 
     async def _context(self) -> list[ChatMessage]:
         if self._history is None or self.context_messages <= 0:

@@ -64,7 +64,9 @@ class ApprovalService:
             grants=caller.grants,
             content=paused.content,
         )
-        self._check_edits(context, run.route, decisions, {c.call_id: c for c in paused.pending})
+        await self._check_edits(
+            context, run.route, decisions, {c.call_id: c for c in paused.pending}
+        )
         now = utcnow()
         self._runs.starting(run.id)  # a cancel of the resumed run reaches its task
         try:
@@ -110,7 +112,7 @@ class ApprovalService:
             )
         return found
 
-    def _check_edits(
+    async def _check_edits(
         self,
         context: RunContext,
         route: str | None,
@@ -127,7 +129,7 @@ class ApprovalService:
             if decision.arguments is None:
                 raise Invalid(f"decisions.{n}.input: an edit gives the arguments to run")
             agent = agent or self._agent_of_route(context, route)
-            tool = agent.tool(call.tool)
+            tool = await agent.tool(call.tool)
             if tool is None:
                 raise Invalid(f"decisions.{n}.call_id: its tool {call.tool!r} is gone")
             try:

@@ -87,6 +87,16 @@ class Metrics:
             "isochat_runs_awaiting_approval", "Runs paused until a person decides on their calls",
             registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
+        self.mcp_sessions_open = Gauge(
+            "isochat_mcp_sessions_open", "Runs' MCP client sessions opened and not yet closed",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.mcp_failures_total = Counter(
+            "isochat_mcp_failures_total",
+            "MCP servers' failures, by server and kind (open, timeout, session, error, failed)",
+            ["server", "kind"],
+            registry=r,
+        )
         self.ws_connections = Gauge(
             "isochat_ws_connections", "Open WebSocket connections",
             registry=r, multiprocess_mode="livesum",
@@ -118,6 +128,9 @@ class Metrics:
 
     def agent_failed(self, *, agent: str, code: str) -> None:
         self.agent_failures_total.labels(agent=agent, code=code).inc()
+
+    def mcp_failed(self, *, server: str, kind: str) -> None:
+        self.mcp_failures_total.labels(server=server, kind=kind).inc()
 
     def render(self) -> bytes:
         if self._multiprocess_dir is None:

@@ -11,7 +11,11 @@ through the agent loop's real code path:
   (``src/services/llm/arithmetic.py``), then answers ``<expression> = <result>``; where it
   finds none (or several) it says plainly that it cannot tell what to calculate;
 - offered ``conversation_history``, it calls it, then answers with what it returned;
-- offered other tools (a team's), it says it cannot use them, and how to get a model that can;
+- offered a tool the message names (a team's, an MCP server's ``<server>__<tool>``), it calls
+  it with the arguments written after the name, as a JSON object (``demo__add {"a": 2, "b":
+  3}``) or as ``key=value`` words (``demo__add a=2 b=3``), then answers with what it returned;
+- offered other tools it is not told to use, it says it cannot choose among them, and how to
+  get a model that can;
 - with no tools, it answers simply, saying what it is.
 
 A tool's error it does not try to get past: it answers nothing, so the run fails with the
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from src.runs.domain import Usage
 from src.services.llm.arithmetic import find_arithmetic
@@ -92,6 +97,9 @@ def _turn(
     results = [m for m in this_run if m.role == "tool"]
     if results:
         return Reply(text=_answer_from(results, this_run))
+    named = _named_tool(user, offered)
+    if named is not None:
+        return _call(named, _arguments_after(user, named))
     if CALCULATOR in offered:
         expression = find_arithmetic(user)
         if expression is None:
@@ -99,14 +107,23 @@ def _turn(
         return _call(CALCULATOR, {"expression": expression})
     if HISTORY in offered:
         return _call(HISTORY, {})
-    if offered:
+    if offered and not _only_mcp(offered):
         names = ", ".join(offered)
         return Reply(
             text=f"I am isochat's offline model and cannot use the tools this question needs "
             f"({names}). Set ISOCHAT_LLM_PROVIDER=openai with a model that calls tools."
         )
     earlier = [m for m in messages[:last_user] if m.role in ("user", "assistant")]
-    return Reply(text=_general_answer(user, earlier=len(earlier)))
+    text = _general_answer(user, earlier=len(earlier))
+    if offered:
+        text += f" To call a tool, name it: {', '.join(offered)}."
+    return Reply(text=text)
+
+
+def _only_mcp(offered: dict[str, ToolSpec]) -> bool:
+    """Whether every tool offered is an MCP server's: a specialist of its own with those only
+    (``general``) answers as it would without them, unless the message names one."""
+    return all("__" in name for name in offered)
 
 
 def choose_route(user: str, options: Sequence[str]) -> str:
@@ -144,11 +161,13 @@ def _answer_from(results: Sequence[ChatMessage], this_run: Sequence[ChatMessage]
             lines.append(f"{json.loads(call.arguments)['expression']} = {result.content}")
         elif result.content == NO_EARLIER_MESSAGES:
             lines.append("This is the first thing you have asked in this conversation.")
-        else:
+        elif call is not None and call.name == HISTORY:
             lines.append(
                 "Here is this conversation so far (I am the offline model: I can list it, "
                 f"not summarise it): {result.content}"
             )
+        else:
+            lines.append(f"{call.name if call else 'The tool'} answered: {result.content}")
     return "\n".join(lines)
 
 
@@ -171,7 +190,40 @@ def _only_key(content: str, key: str) -> str | None:
     return None
 
 
-def _call(name: str, arguments: dict[str, str]) -> Reply:
+def _named_tool(user: str, offered: dict[str, ToolSpec]) -> str | None:
+    """The first offered tool the message names (isochat's own are chosen by what is asked,
+    not by name)."""
+    for name, spec in offered.items():
+        if (
+            name not in (CALCULATOR, HISTORY)
+            and not _route_options(spec)
+            and re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", user)
+        ):
+            return name
+    return None
+
+
+def _arguments_after(user: str, name: str) -> dict[str, Any]:
+    """The arguments written after the tool's name: a JSON object, or ``key=value`` words
+    (each value JSON where it reads as JSON: 2 is a number, Paris a text)."""
+    rest = user[user.index(name) + len(name) :].strip()
+    if rest.startswith("{"):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(rest)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+    arguments: dict[str, Any] = {}
+    for key, text in re.findall(r"([A-Za-z_]\w*)=(\"[^\"]*\"|\S+)", rest):
+        try:
+            arguments[key] = json.loads(text)
+        except ValueError:
+            arguments[key] = text.rstrip(".,;!?")
+    return arguments
+
+
+def _call(name: str, arguments: dict[str, Any]) -> Reply:
     return Reply(
         text="",
         tool_calls=(ToolCall(id=f"call_{name}", name=name, arguments=json.dumps(arguments)),),
