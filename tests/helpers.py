@@ -78,6 +78,7 @@ def leaks(container: AppContainer) -> dict[str, float]:
         "scopes_open": metrics.value("isochat_request_scopes_open"),
         "agents_live": metrics.value("isochat_agent_instances_live"),
         "sessions_open": metrics.value("isochat_db_sessions_open"),
+        "mcp_sessions_open": metrics.value("isochat_mcp_sessions_open"),
         "connections_checked_out": container.database().checked_out_connections(),
         "runs_executing": len(container.runs()),
     }
@@ -87,6 +88,7 @@ NO_LEAKS = {
     "scopes_open": 0,
     "agents_live": 0,
     "sessions_open": 0,
+    "mcp_sessions_open": 0,
     "connections_checked_out": 0,
     "runs_executing": 0,
 }

@@ -91,6 +91,33 @@ def test_a_plugin_that_cannot_be_imported_is_refused_in_one_line(tmp_path: Path)
     assert not (tmp_path / "var").exists()
 
 
+def test_mcp_servers_are_refused_one_line_per_mistake(tmp_path: Path) -> None:
+    """ISOCHAT_MCP_SERVERS with two mistakes in one server: a line for each, exit 2."""
+    done = isochat(
+        tmp_path, "serve", ISOCHAT_MCP_SERVERS='{"crm": {"url": "ftp://crm", "routes": "all"}}'
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "isochat: ISOCHAT_MCP_SERVERS: server 'crm': url must start with http:// or https://, "
+        "got 'ftp://crm'\n"
+        "isochat: ISOCHAT_MCP_SERVERS: server 'crm': routes must be a list of route names, e.g. "
+        '["general"]\n'
+    )
+    assert not (tmp_path / "var").exists()
+
+
+def test_an_mcp_server_for_a_route_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    """A route no container declares (here a typo): exit 2 before anything is touched."""
+    servers = '{"crm": {"url": "http://127.0.0.1:9/mcp", "routes": ["maths"]}}'
+    done = isochat(tmp_path, "serve", ISOCHAT_MCP_SERVERS=servers)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "isochat: ISOCHAT_MCP_SERVERS: server 'crm': no route 'maths' (routes: general, "
+        "history, math)\n"
+    )
+    assert not (tmp_path / "var").exists()
+
+
 def test_a_token_needs_no_database(tmp_path: Path) -> None:
     """`isochat token` only signs: it works while the database is away."""
     done = isochat(tmp_path, "token", "alice", ISOCHAT_DATABASE_URL=UNREACHABLE_URL)
