@@ -18,10 +18,17 @@ from src.services.database.migrations import upgrade_to_head
 from src.settings import Settings
 from src.web.app import create_app
 from tests.helpers import serving
-from tests.mcp_servers.fixtures import garbage_mcp, mcp1, mcp1_python, mcp2
+from tests.mcp_servers.fixtures import (
+    garbage_mcp,
+    mcp1,
+    mcp1_process,
+    mcp1_python,
+    mcp2,
+    mcp2_process,
+)
 
 # The real MCP servers' fixtures, for every test (src: tests/mcp_servers/fixtures.py).
-__all__ = ["garbage_mcp", "mcp1", "mcp1_python", "mcp2"]
+__all__ = ["garbage_mcp", "mcp1", "mcp1_process", "mcp1_python", "mcp2", "mcp2_process"]
 
 # One Redis may serve several test runs at once (two `make test` side by side): each run's
 # channels and keys get a prefix of their own, in this process and the servers it starts.

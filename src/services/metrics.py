@@ -93,7 +93,8 @@ class Metrics:
         )  # fmt: skip
         self.mcp_failures_total = Counter(
             "isochat_mcp_failures_total",
-            "MCP servers' failures, by server and kind (open, timeout, session, error, failed)",
+            "MCP servers' failures, by server and kind "
+            "(open, timeout, session, garbage, error, failed)",
             ["server", "kind"],
             registry=r,
         )

@@ -119,23 +119,32 @@ async def test_a_server_that_stops_after_listing_fails_the_call_alone(
     assert leaks(container) == NO_LEAKS
 
 
-@pytest.mark.parametrize("mode", ["json-garbage", "html", "500"])
+@pytest.mark.parametrize(
+    ("mode", "told"),
+    [
+        ("json-garbage", "answered something that is not MCP"),
+        ("html", "answered something that is not MCP"),
+        ("500", "answered an error: Server returned an error response"),
+    ],
+)
 async def test_a_server_answering_garbage_fails_the_call_alone(
     container: AppContainer,
     client: httpx.AsyncClient,
     garbage_mcp: Callable[[str], McpServerProcess],
     mcp2: McpServerProcess,
     mode: str,
+    told: str,
 ) -> None:
     """A server that listed its tools, then answers garbage in its place: the call fails, and
-    nothing it sent reaches the model or another run."""
+    nothing it sent reaches the model or another run (the model is told what kind of answer
+    it was; its text is for the log)."""
     point_broken_at(container, mcp2.url)
     await ask(container, client, "alice", "hello")  # lists its tools
     point_broken_at(container, garbage_mcp(mode).url)
     failing, _ = await beside_a_healthy_run(
         container, client, '[calls:broken__add={"a": 1, "b": 1}] add'
     )
-    assert await failed_call(container, client, failing) == "the MCP server broken is unavailable"
+    assert await failed_call(container, client, failing) == f"the MCP server broken {told}"
     assert leaks(container) == NO_LEAKS
 
 

@@ -1,17 +1,17 @@
 """The test MCP servers as processes, and the pytest fixtures that run them.
 
-- ``mcp2``: a fresh ``server2`` (the 2.x SDK, stateless) for each test;
-- ``mcp1``: a fresh ``server1`` (the 1.x SDK, with sessions) for each test, run by a virtualenv
+- ``mcp2``: ``server2`` (the 2.x SDK, stateless), ready for each test;
+- ``mcp1``: ``server1`` (the 1.x SDK, with sessions), ready for each test, run by a virtualenv
   of its own (``.venv-mcp1/`` in the checkout, made on first use: the two SDKs share an import
   name); the test is skipped, saying why, where it cannot be made;
 - ``garbage_mcp``: a factory, ``garbage_mcp(mode)``, of servers that are no MCP servers.
 
 Each process serves on a free loopback port, logs to a file in the test's directory (its tail
-is shown when it fails to start) and is stopped when the test ends, pass or fail.
+is shown when it fails to start) and is stopped when its module's tests end, pass or fail.
 
-A fresh process per test, not one per module: each starts in about a second (mostly the SDK's
-import), and a test that stops or kills its server, or leaves a call hanging, then harms no
-other.
+One process per module, its records cleared before each test, started again for a test when
+an earlier one stopped or killed it: a start costs about a second (mostly the SDK's import),
+which every test would otherwise pay.
 
 A conftest offers them to its tests by importing them::
 
@@ -309,11 +309,27 @@ def terminated_sessions(records: list[Record]) -> list[str]:
 # The fixtures: a conftest imports them by name to offer them to its tests.
 
 
+@pytest.fixture(scope="module")
+def mcp2_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServerProcess]:
+    """A 2.x SDK server process shared by a module's tests (``mcp2`` readies it for each)."""
+    server = mcp2_server(tmp_path_factory.mktemp("mcp2") / "mcp2.log")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def mcp2(tmp_path: Path) -> Iterator[McpServerProcess]:
-    """A fresh 2.x SDK server, running."""
-    with mcp2_server(tmp_path / "mcp2.log") as server:
-        yield server
+def mcp2(mcp2_process: McpServerProcess) -> McpServerProcess:
+    """A 2.x SDK server, running, with no records yet: the module's process, started again if
+    a test stopped or killed it."""
+    return ready(mcp2_process)
+
+
+def ready(server: McpServerProcess) -> McpServerProcess:
+    if server.running:
+        server.reset()
+    else:
+        server.start()
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -326,11 +342,20 @@ def mcp1_python() -> Path:
         pytest.skip(f"the MCP 1.x SDK's virtualenv could not be made: {exc}")
 
 
+@pytest.fixture(scope="module")
+def mcp1_process(
+    mcp1_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[McpServerProcess]:
+    """A 1.x SDK server process shared by a module's tests (``mcp1`` readies it for each)."""
+    server = mcp1_server(mcp1_python, tmp_path_factory.mktemp("mcp1") / "mcp1.log")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def mcp1(mcp1_python: Path, tmp_path: Path) -> Iterator[McpServerProcess]:
-    """A fresh 1.x SDK server, running."""
-    with mcp1_server(mcp1_python, tmp_path / "mcp1.log") as server:
-        yield server
+def mcp1(mcp1_process: McpServerProcess) -> McpServerProcess:
+    """A 1.x SDK server, running, with no records yet (as ``mcp2``)."""
+    return ready(mcp1_process)
 
 
 @pytest.fixture

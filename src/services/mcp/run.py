@@ -7,6 +7,7 @@ Two runs never share one; every request says whose run it is (``X-Isochat-User``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -119,6 +120,8 @@ class RunMcp:
             meta={"isochat/user": ctx.user_id, "isochat/run": ctx.run_id},
             timeout_s=self._timeout_s,
             gauge=self._metrics.mcp_sessions_open,
+            protocol=self._lists.protocol(name),
+            remember=functools.partial(self._lists.spoke, name),
         )
         return session
 

@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import httpx2
@@ -29,6 +29,7 @@ from mcp import Client, Implementation, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from src.services.mcp.config import McpServer
+from src.services.mcp.tool_lists import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ MAX_ERROR_CHARS = 300
 
 class McpUnavailable(Exception):
     """The server could not be used for this request; ``str(exc)`` is for the model, ``kind``
-    (open, timeout, session, error, failed) for the metric."""
+    (open, timeout, session, garbage, error, failed) for the metric."""
 
     def __init__(self, message: str, *, kind: str, detail: str | None = None) -> None:
         super().__init__(message)
@@ -75,8 +76,14 @@ class McpSession:
         meta: Mapping[str, str],
         timeout_s: float,
         gauge: Any,
+        protocol: Protocol | None = None,
+        remember: Callable[[Protocol | None], None] = lambda protocol: None,
     ) -> None:
         self.name = name
+        # How the server spoke to an earlier session: given, the probe is skipped. Told to
+        # ``remember`` when this one opens, or forgotten (None) when it could not.
+        self.protocol = protocol
+        self._remember = remember
         self._server = server
         self._headers = dict(headers)
         self._meta = cast(mcp_types.RequestParamsMeta, dict(meta))
@@ -89,6 +96,9 @@ class McpSession:
         self._error: BaseException | None = None
         self.broken = False  # the transport died: the next use needs a new session
         self._primed = False
+        # Whether the server has answered this session yet: with a known protocol, opening
+        # asks nothing, so a server that is down shows only at the first request.
+        self._answered = False
 
     async def open(self) -> Client:
         if self._owner is None:
@@ -103,6 +113,7 @@ class McpSession:
             ) from None
         if self._client is None or self.broken:
             self.broken = True
+            self._remember(None)  # the next session probes: the server may have changed
             cause = _cause(self._error) if self._error is not None else None
             raise McpUnavailable(self._said("is unavailable"), kind="open", detail=cause)
         return self._client
@@ -112,9 +123,12 @@ class McpSession:
         opened = False
         try:
             async with contextlib.AsyncExitStack() as stack:
-                client = await stack.enter_async_context(
-                    Client(self._transport(stack), client_info=CLIENT_INFO, cache=None)
+                client = await stack.enter_async_context(self._client_of(stack))
+                discovered = client.session.discover_result
+                self.protocol = (
+                    (client.protocol_version, discovered) if discovered is not None else "legacy"
                 )
+                self._remember(self.protocol)
                 self._client, opened = client, True
                 self._gauge.inc()
                 self._ready.set()
@@ -129,6 +143,18 @@ class McpSession:
             self._ready.set()
             if opened:
                 self._gauge.dec()
+
+    def _client_of(self, stack: contextlib.AsyncExitStack) -> Client:
+        transport = self._transport(stack)
+        known = self.protocol
+        if known is None:
+            return Client(transport, client_info=CLIENT_INFO, cache=None)  # probes
+        if known == "legacy":
+            return Client(transport, client_info=CLIENT_INFO, cache=None, mode="legacy")
+        version, discovered = known
+        return Client(
+            transport, client_info=CLIENT_INFO, cache=None, mode=version, prior_discover=discovered
+        )
 
     def _transport(self, stack: contextlib.AsyncExitStack) -> Any:
         server = self._server
@@ -195,12 +221,19 @@ class McpSession:
         try:
             async with asyncio.timeout(self._timeout_s):
                 yield
+            self._answered = True
         except TimeoutError:
             raise McpUnavailable(
                 self._said(f"did not {doing} within {self._timeout_s:g} s"), kind="timeout"
             ) from None
         except MCPError as exc:
             detail = f"MCPError {exc.code}: {exc.message[:MAX_ERROR_CHARS]}"
+            if exc.code == mcp_types.CONNECTION_CLOSED and not self._answered:
+                self.broken = True
+                self._remember(None)  # it may not be the server it was: probe it again
+                raise McpUnavailable(
+                    self._said("is unavailable"), kind="open", detail=detail
+                ) from None
             if (
                 exc.code == mcp_types.CONNECTION_CLOSED
                 or "session not found" in exc.message.lower()
@@ -209,10 +242,14 @@ class McpSession:
                 raise McpUnavailable(
                     self._said("closed the session"), kind="session", detail=detail
                 ) from None
+            if exc.code == mcp_types.PARSE_ERROR or "content type" in exc.message.lower():
+                # The client's words for an answer that is not MCP (a proxy's page, garbage).
+                raise McpUnavailable(
+                    self._said("answered something that is not MCP"), kind="garbage", detail=detail
+                ) from None
+            said = exc.message.splitlines()[0][:MAX_ERROR_CHARS] if exc.message else ""
             raise McpUnavailable(
-                self._said(f"answered an error: {exc.message[:MAX_ERROR_CHARS]}"),
-                kind="error",
-                detail=detail,
+                self._said(f"answered an error: {said or exc.code}"), kind="error", detail=detail
             ) from None
         except Exception as exc:
             self.broken = True

@@ -1,5 +1,6 @@
-"""What each MCP server's tools are, kept for ``ISOCHAT_MCP_TOOLS_TTL_S``: one process's
-memory, shared by its runs (a tool list is the server's, not a user's).
+"""What each MCP server said, kept for the runs of this process: its tools, for
+``ISOCHAT_MCP_TOOLS_TTL_S`` (a tool list is the server's, not a user's), and the protocol it
+speaks (so that a run's new session skips the probe for it).
 
 A run whose servers' lists are fresh starts with no request to them; the first run to find a
 list stale (or missing) asks the server, through its own session, and the others keep using
@@ -12,8 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import mcp_types
+
+# How a server speaks: a 2026-07-28-or-later revision (the version agreed on, and the
+# server's discovery answer), or the initialize handshake of earlier revisions (sessions).
+Protocol = tuple[str, mcp_types.DiscoverResult] | Literal["legacy"]
 
 # The longest a failed listing keeps runs from asking that server again.
 RETRY_AFTER_S = 10.0
@@ -33,6 +39,7 @@ class McpToolLists:
         self._listed: dict[str, _Listed] = {}
         self._failed_at: dict[str, float] = {}
         self._asking: set[str] = set()
+        self._protocols: dict[str, Protocol] = {}
 
     def fresh(self, server: str) -> tuple[mcp_types.Tool, ...] | None:
         """The server's tools if listed within the TTL, else None: ask it (``asking``)."""
@@ -66,3 +73,14 @@ class McpToolLists:
         """The server's tools as last listed, however old (none if it never listed)."""
         listed = self._listed.get(server)
         return listed.tools if listed is not None else ()
+
+    def protocol(self, server: str) -> Protocol | None:
+        """How the server spoke to the last session that opened (None: not known, probe)."""
+        return self._protocols.get(server)
+
+    def spoke(self, server: str, protocol: Protocol | None) -> None:
+        """Remember how the server speaks (None: forget it, the next session probes again)."""
+        if protocol is None:
+            self._protocols.pop(server, None)
+        else:
+            self._protocols[server] = protocol
