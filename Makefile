@@ -52,6 +52,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/cancel_latency.py
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/multitask.py
+	$(BIN)/python bench/mcp_runs.py
 
 # After changing dependencies in pyproject.toml: new pins (and hashes) for both targets.
 lock: | $(BIN)/python

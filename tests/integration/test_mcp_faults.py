@@ -172,7 +172,16 @@ async def test_a_call_past_the_mcp_timeout_is_cancelled_and_fails_alone(
 
 
 async def _hang_cancelled(server: McpServerProcess, run_id: str) -> bool:
-    records = tool_records(await server.aseen(), tool="hang", event="cancelled")
+    return await _hang_record(server, run_id, "cancelled")
+
+
+async def _tool_started(server: McpServerProcess, run_id: str) -> bool:
+    return await _hang_record(server, run_id, "started")
+
+
+async def _hang_record(server: McpServerProcess, run_id: str, event: str) -> bool:
+    """Whether the server recorded ``event`` of the ``hang`` call of run ``run_id``."""
+    records = tool_records(await server.aseen(), tool="hang", event=event)
     return any(r["run"] == run_id for r in records)
 
 
@@ -191,11 +200,6 @@ async def test_a_hanging_call_does_not_hold_another_users_run(
     assert run["status"] == "cancelled"
     await until(lambda: _hang_cancelled(mcp2, run_id), "the server's hang cancelled")
     assert leaks(container) == NO_LEAKS
-
-
-async def _tool_started(server: McpServerProcess, run_id: str) -> bool:
-    records = tool_records(await server.aseen(), tool="hang", event="started")
-    return any(r["run"] == run_id for r in records)
 
 
 async def ended_or_running(
