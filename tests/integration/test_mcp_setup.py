@@ -14,14 +14,15 @@ import httpx
 import pytest
 from dependency_injector import containers, providers
 
+from src.agents.approval import ApprovalPolicy
 from src.container import AppContainer
 from src.plugins import plug_in
 from src.runs.domain import RunContext
 from src.services.mcp import McpServer, with_mcp_servers
 from src.settings import Settings
-from tests.helpers import NO_LEAKS, leaks
+from tests.helpers import NO_LEAKS, auth, leaks
 from tests.llm_server import FakeModelServer, served_model
-from tests.mcp_runs import ask, with_settings
+from tests.mcp_runs import ask, ended, events_of, start, until, with_settings
 from tests.mcp_servers.fixtures import McpServerProcess
 
 
@@ -139,3 +140,41 @@ async def test_a_server_started_by_command_speaks_stdio_for_its_run(
         "session": None,
     }
     assert leaks(container) == NO_LEAKS
+
+
+async def test_an_edit_of_a_waiting_mcp_call_is_checked_against_the_servers_schema(
+    container: AppContainer, client: httpx.AsyncClient, mcp2: McpServerProcess
+) -> None:
+    """``ISOCHAT_APPROVAL_TOOLS`` names an MCP tool like any other: its call waits; an edit
+    whose arguments do not fit the server's schema is 422 (nothing decided), one that fits
+    runs instead of the model's."""
+    container.approvals.override(providers.Object(ApprovalPolicy(["tools__add"])))
+    run_id = await start(
+        container, client, "alice", '[route:math] [calls:tools__add={"a": 1, "b": 2}] add'
+    )
+    await until(lambda: _status(container, client, run_id), "the pause")
+    headers = auth(container, "alice")
+
+    def edit(arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"decisions": [{"call_id": "call_0", "decision": "edit", "input": arguments}]}
+
+    refused = await client.post(
+        f"/api/runs/{run_id}/approvals", json=edit({"a": "x", "b": 2}), headers=headers
+    )
+    assert refused.status_code == 422, refused.text
+    assert "'x' is not of type 'integer'" in refused.json()["error"]["message"]
+    decided = await client.post(
+        f"/api/runs/{run_id}/approvals", json=edit({"a": 20, "b": 22}), headers=headers
+    )
+    assert decided.status_code == 202, decided.text
+    run = await ended(container, client, "alice", run_id)
+    assert run["status"] == "completed"
+    events = await events_of(container, client, "alice", run_id)
+    [completed] = [e["data"] for e in events if e["type"] == "tool_completed"]
+    assert completed["output"] == "42"
+    assert leaks(container) == NO_LEAKS
+
+
+async def _status(container: AppContainer, client: httpx.AsyncClient, run_id: str) -> bool:
+    response = await client.get(f"/api/runs/{run_id}", headers=auth(container, "alice"))
+    return bool(response.json()["status"] == "awaiting_approval")
