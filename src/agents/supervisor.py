@@ -102,8 +102,12 @@ class Supervisor:
     async def _answer(self, content: str) -> str:
         async with asyncio.timeout(self._run_timeout_s) as self._deadline:
             await self._emitter.emit("run_started", data={"request_id": self._context.request_id})
-            route = self._route = await self._work(self._triage, content)
-            self._emitter.set_route(route)
+            # A route its caller chose is stored with the run already; else triage chooses.
+            route = self._context.route
+            if route is None:
+                route = await self._work(self._triage, content)
+                self._emitter.set_route(route)
+            self._route = route
             chosen = self._routes.get(route) or self._routes[FALLBACK_ROUTE]
             return await self._work(chosen.agent(), content)
 

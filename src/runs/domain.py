@@ -27,6 +27,9 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
 # What a message sent while its thread is busy does (docs/api.md, "Messages while a run is
 # busy"): refused, queued behind, or displacing the busy run (its answer kept, or removed).
 Multitask = Literal["reject", "enqueue", "interrupt", "rollback"]
+# Which protocol made a thread: isochat's own API (and the page), the OpenAI-compatible
+# ``/v1``, the Agent Protocol (LangGraph's clients), the AI SDK's ``/api/chat``.
+ThreadOrigin = Literal["api", "openai", "agent_protocol", "ai_sdk"]
 ENDED_STATUSES: frozenset[RunStatus] = frozenset({"completed", "failed", "cancelled"})
 # The runs that hold their thread (its ``active_run_id``): at most one per thread.
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("running", "awaiting_approval")
@@ -46,6 +49,7 @@ class ThreadJSON(TypedDict):
     created_at: str
     active_run_id: str | None
     queued_run_ids: list[str]
+    origin: ThreadOrigin
 
 
 class MessageJSON(TypedDict):
@@ -116,6 +120,9 @@ class RunContext:
     request_id: str | None = None
     grants: frozenset[str] = frozenset()
     content: str = field(default="", repr=False)
+    # The specialist chosen by the caller (an OpenAI client's model ``isochat-math``): triage
+    # is skipped. None: triage chooses.
+    route: str | None = None
 
 
 DecisionKind = Literal["approve", "reject", "edit"]
@@ -183,6 +190,9 @@ class Thread:
     # it), and the runs queued behind it, in the order they will start.
     active_run_id: str | None = None
     queued_run_ids: tuple[str, ...] = ()
+    origin: ThreadOrigin = "api"
+    # What a client attached to the thread (the Agent Protocol's thread metadata): JSON text.
+    metadata: str | None = None
 
     def to_json(self) -> ThreadJSON:
         return {
@@ -191,6 +201,7 @@ class Thread:
             "created_at": iso(self.created_at),
             "active_run_id": self.active_run_id,
             "queued_run_ids": list(self.queued_run_ids),
+            "origin": self.origin,
         }
 
 

@@ -214,6 +214,7 @@ def _promoted(conn: Connection, row: Any) -> Promoted:
         request_id=row.request_id,
         grants=frozenset(json.loads(row.grants or "[]")),
         content=question or "",
+        route=row.route,  # chosen by its caller, or None: triage chooses
     )
     return Promoted(run, context)
 

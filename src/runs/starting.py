@@ -7,22 +7,34 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, cast
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from src.runs import queue
-from src.runs.domain import Message, Multitask, Run, utcnow
+from src.runs.domain import Message, Multitask, Run, Thread, utcnow
 from src.runs.ledger import INSERT_MESSAGE, INSERT_RUN, message_values
+from src.services.database import repositories as repo
 from src.services.database.models import RUNS
 from src.services.errors import NotFound, RateLimited, RunInProgress
 
 _RUNNING_OF_USER = select(func.count()).where(
     RUNS.c.user_id == bindparam("user_id"), RUNS.c.status == "running"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a client that keeps the conversation itself sends before its question (the
+    OpenAI-compatible API, the Agent Protocol, the AI SDK): the thread to make for it, and
+    the earlier messages (role, text) the thread does not hold yet. Stored with the question
+    and its run, in one transaction: a run refused leaves none of them."""
+
+    thread: Thread | None = None
+    earlier: tuple[tuple[Literal["user", "assistant"], str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +62,17 @@ def start(
     max_running_per_user: int,
     multitask: Multitask,
     max_queued: int,
+    route: str | None = None,
+    opening: Opening | None = None,
 ) -> Started:
     """Store the user's message and its run: ``running`` under ``owner_id``'s lease when the
     thread is idle; when it is busy, as ``multitask`` says (``src/runs/queue.py``):
     ``RunInProgress``, or ``queued`` (``RateLimited`` past ``max_queued``). ``NotFound`` for
-    another user's thread. Timed here, holding the thread: messages keep the order of storing."""
+    another user's thread. Timed here, holding the thread: messages keep the order of storing.
+    ``route`` names the specialist (triage is skipped); ``opening``'s thread and earlier
+    messages are stored first."""
+    if opening is not None and opening.thread is not None:
+        repo.add_thread(conn, opening.thread)
     if not queue.hold_thread(conn, thread_id=thread_id, user_id=user_id):
         raise NotFound("thread not found")
     now = utcnow()
@@ -64,7 +82,7 @@ def start(
         "thread_id": thread_id,
         "user_id": user_id,
         "status": "running",
-        "route": None,
+        "route": route,
         "error_code": None,
         "error_message": None,
         "request_id": request_id,
@@ -95,6 +113,8 @@ def start(
         if ahead and busy.active is not None:
             queue.preempt(conn, run_id=busy.active.id, how=cast(queue.Preemption, multitask))
             preempts = busy.active
+    if opening is not None:
+        _store_earlier(conn, opening, thread_id=thread_id, at=now)
     message = Message(
         id=str(uuid.uuid4()),
         thread_id=thread_id,
@@ -113,9 +133,25 @@ def start(
         thread_id=thread_id,
         user_id=user_id,
         status=values["status"],
-        route=None,
+        route=route,
         error=None,
         created_at=now,
         finished_at=None,
     )
     return Started(run, message, preempts)
+
+
+def _store_earlier(conn: Connection, opening: Opening, *, thread_id: str, at: datetime) -> None:
+    """The earlier messages, each a microsecond apart before ``at`` (the question's time), so
+    that the thread's order (by time) is the order they came in."""
+    count = len(opening.earlier)
+    for index, (role, content) in enumerate(opening.earlier):
+        earlier = Message(
+            id=str(uuid.uuid4()),
+            thread_id=thread_id,
+            role=role,
+            content=content,
+            run_id=None,
+            created_at=at - timedelta(microseconds=count - index),
+        )
+        conn.execute(INSERT_MESSAGE, message_values(earlier))

@@ -30,7 +30,7 @@ from src.runs.leases import Lease
 from src.runs.ledger import Ended
 from src.runs.queue import Promoted
 from src.runs.registry import RunRegistry
-from src.runs.starting import Started
+from src.runs.starting import Opening, Started
 from src.services.auth import Caller
 from src.services.broker import EventBroker
 from src.services.database import repositories as repo
@@ -99,6 +99,8 @@ class ChatService:
         multitask: Multitask | None = None,
         on_started: Callable[[Run], None] | None = None,
         wait_queued: bool = True,
+        route: str | None = None,
+        opening: Opening | None = None,
     ) -> tuple[Run, Message | None]:
         """Store the message, run the agents to the run's end, and report the run and its
         answer. ``on_started`` hears of the run as soon as it is stored, before any agent
@@ -106,13 +108,16 @@ class ChatService:
         when None): refused (``RunInProgress``), or its run queued and followed to its end
         (having cancelled the busy run first, for ``interrupt`` and ``rollback``); with
         ``wait_queued`` False, the queued run as stored, at once (it goes on without anyone
-        waiting for it)."""
+        waiting for it). ``route`` names the specialist (no triage); ``opening`` is stored
+        first, in the same transaction (see ``starting.Opening``)."""
         started = await self._start_run(
             caller=caller,
             thread_id=thread_id,
             content=content,
             request_id=request_id,
             multitask=multitask or self._multitask,
+            route=route,
+            opening=opening,
         )
         run = started.run
         if on_started is not None:
@@ -130,6 +135,7 @@ class ChatService:
             request_id=request_id,
             grants=caller.grants,
             content=content,
+            route=route,
         )
         ended = await self._run_to_end(context)
         if isinstance(ended, Ended):
@@ -146,6 +152,8 @@ class ChatService:
         content: str,
         request_id: str | None,
         multitask: Multitask,
+        route: str | None,
+        opening: Opening | None,
     ) -> Started:
         """One transaction: check the owner, store the message, create the run (``running``,
         or ``queued`` behind the thread's busy run).
@@ -170,6 +178,8 @@ class ChatService:
                 max_running_per_user=self._max_running,
                 multitask=multitask,
                 max_queued=self._max_queued,
+                route=route,
+                opening=opening,
             )
         except RunInProgress as exc:
             self._runs.not_started(run_id)
@@ -275,6 +285,21 @@ class ChatService:
                 raise
         # The run was cancelled: its task stored the end (unless another process did first).
         return agents.ended
+
+    async def wait_for_end(self, *, user_id: str, run_id: str) -> tuple[Run, Message | None]:
+        """The user's run once it has ended or paused for approval, and its answer: followed
+        (not owned: a caller that goes away cancels nothing)."""
+        run = await self.get_run(user_id=user_id, run_id=run_id)
+        if run.status in ("running", "queued"):
+            async with following(
+                self._broker,
+                self._store,
+                user_id=user_id,
+                run_id=run_id,
+                keepalive_s=self._keepalive_s,
+            ) as follower:
+                await to_the_end(follower)
+        return await self._as_stored(run)
 
     async def get_run(self, *, user_id: str, run_id: str) -> Run:
         run = None

@@ -6,16 +6,34 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
+
 from src.runs.cancel import RunCanceller
-from src.runs.domain import Message, Thread, utcnow
+from src.runs.domain import Message, Thread, ThreadOrigin, utcnow
 from src.services.database import repositories as repo
 from src.services.database.engine import Transactions
 from src.services.database.repositories import Page
-from src.services.errors import NotFound, RunInProgress
+from src.services.errors import Conflict, Invalid, NotFound, RunInProgress
 
 DEFAULT_TITLE = "New chat"
+# A title made from a question: its first line, at most this long.
+TITLE_CHARS = 60
+# Pages read at a time for a thread's whole state.
+ALL_MESSAGES_PAGE = 500
 # Rounds of cancel-then-delete before a thread whose runs keep running is refused.
 DELETE_ATTEMPTS = 3
+
+
+def title_from(question: str) -> str:
+    """A thread's title from its first question: the first line that is not blank, cut to
+    ``TITLE_CHARS`` at a word where it can be."""
+    line = next((line.strip() for line in question.splitlines() if line.strip()), "")
+    if len(line) <= TITLE_CHARS:
+        return line or DEFAULT_TITLE
+    cut = line[: TITLE_CHARS - 1]
+    if " " in cut[TITLE_CHARS // 2 :]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"
 
 
 def is_uuid(value: str) -> bool:
@@ -31,12 +49,55 @@ class ThreadService:
         self._tx = transactions
         self._canceller = canceller
 
-    async def create_thread(self, *, user_id: str, title: str | None) -> Thread:
-        thread = Thread(
-            id=str(uuid.uuid4()), user_id=user_id, title=title or DEFAULT_TITLE, created_at=utcnow()
+    async def create_thread(
+        self,
+        *,
+        user_id: str,
+        title: str | None,
+        origin: ThreadOrigin = "api",
+        metadata: str | None = None,
+        thread_id: str | None = None,
+    ) -> Thread:
+        """A new thread; ``thread_id`` is one its client chose (a UUID): ``Conflict`` when a
+        thread has it already."""
+        thread = new_thread(
+            user_id=user_id, title=title, origin=origin, metadata=metadata, thread_id=thread_id
         )
-        await self._tx.write(repo.add_thread, thread)
+        try:
+            await self._tx.write(repo.add_thread, thread)
+        except IntegrityError:
+            if thread_id is None:
+                raise
+            raise Conflict("a thread with this id exists") from None
         return thread
+
+    async def chat_thread(
+        self, *, user_id: str, client_key: str, title: str, origin: ThreadOrigin
+    ) -> tuple[Thread, bool]:
+        """The user's thread its client names ``client_key`` (the AI SDK's chat id), made on
+        first use; and whether it was made now. Keys are per user: another user's same key is
+        another thread."""
+        found = await self._tx.read(repo.thread_by_key, user_id=user_id, client_key=client_key)
+        if found is not None:
+            return found, False
+        thread = new_thread(user_id=user_id, title=title, origin=origin)
+        try:
+            await self._tx.write(repo.add_thread, thread, client_key=client_key)
+        except IntegrityError:  # the same chat's first two requests at once: the other won
+            found = await self._tx.read(repo.thread_by_key, user_id=user_id, client_key=client_key)
+            if found is None:
+                raise
+            return found, False
+        return thread, True
+
+    async def set_metadata(self, *, user_id: str, thread_id: str, metadata: str) -> Thread:
+        """Replace what the thread's client attached to it (JSON text)."""
+        changed = is_uuid(thread_id) and await self._tx.write(
+            repo.set_thread_metadata, thread_id=thread_id, user_id=user_id, metadata=metadata
+        )
+        if not changed:
+            raise NotFound("thread not found")
+        return await self.get_thread(user_id=user_id, thread_id=thread_id)
 
     async def list_threads(
         self, *, user_id: str, limit: int, after: tuple[datetime, str] | None = None
@@ -83,6 +144,20 @@ class ThreadService:
             "the thread's run could not be cancelled; retry later", run_id=thread.active_run_id
         )
 
+    async def all_messages(self, *, user_id: str, thread_id: str) -> list[Message]:
+        """The thread's messages, oldest first, every page of them (a client that is shown a
+        thread's whole state: the Agent Protocol's ``values``)."""
+        messages: list[Message] = []
+        after = None
+        while True:
+            page = await self.list_messages(
+                user_id=user_id, thread_id=thread_id, limit=ALL_MESSAGES_PAGE, after=after
+            )
+            messages += page.items
+            if page.next_after is None:
+                return messages
+            after = page.next_after
+
     async def list_messages(
         self,
         *,
@@ -99,3 +174,24 @@ class ThreadService:
         if page is None:
             raise NotFound("thread not found")
         return page
+
+
+def new_thread(
+    *,
+    user_id: str,
+    title: str | None,
+    origin: ThreadOrigin = "api",
+    metadata: str | None = None,
+    thread_id: str | None = None,
+) -> Thread:
+    """A thread not yet stored (``thread_id``, when given, must be a UUID)."""
+    if thread_id is not None and not is_uuid(thread_id):
+        raise Invalid("thread_id: must be a UUID")
+    return Thread(
+        id=thread_id or str(uuid.uuid4()),
+        user_id=user_id,
+        title=title or DEFAULT_TITLE,
+        created_at=utcnow(),
+        origin=origin,
+        metadata=metadata,
+    )

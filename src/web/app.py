@@ -47,8 +47,14 @@ def create_app(container: AppContainer) -> Starlette:
                 CORSMiddleware,
                 allow_origins=settings.cors_origin_list,
                 allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"],
-                expose_headers=["X-Request-ID", "Retry-After"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "X-Request-ID",
+                    "Last-Event-ID",
+                    "x-api-key",
+                ],
+                expose_headers=["X-Request-ID", "Retry-After", "x-vercel-ai-ui-message-stream"],
                 max_age=600,
             ),
         )

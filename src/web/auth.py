@@ -1,6 +1,7 @@
 """Who is asking, for HTTP and WebSocket alike, and the endpoints that hand out credentials.
 
-A caller is found by the first of: ``Authorization: Bearer <token>``; for a WebSocket (a
+A caller is found by the first of: ``Authorization: Bearer <token>``; ``x-api-key: <token>``
+(what LangGraph's clients send); for a WebSocket (a
 browser cannot set its headers), the subprotocols ``isochat.bearer`` and ``<token>``, a
 single-use ``ticket`` from ``POST /api/auth/ws-ticket``, or a ``token`` in the query (kept for
 clients that have nothing else; redacted from every log line). A ticket names a user and grants
@@ -23,7 +24,7 @@ from src.web.requests import container_of, json_response, settings_of
 
 # Browsers cannot set headers on a WebSocket: they send the token as a second subprotocol.
 BEARER_SUBPROTOCOL = "isochat.bearer"
-HTTP_HOW = "send Authorization: Bearer <token>"
+HTTP_HOW = "send Authorization: Bearer <token> (or x-api-key: <token>)"
 WEBSOCKET_HOW = (
     "send Authorization: Bearer <token>, the subprotocols isochat.bearer and <token>, "
     "or ?ticket=<ticket from POST /api/auth/ws-ticket>"
@@ -46,6 +47,7 @@ async def find_caller(conn: HTTPConnection) -> Caller:
     container = container_of(conn)
     scheme, _, token = conn.headers.get("authorization", "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
+    token = token or conn.headers.get("x-api-key", "").strip()
     if not token and conn.scope["type"] == "websocket":
         token = (bearer_subprotocol(conn) or "").strip()
         if not token and (ticket := conn.query_params.get("ticket", "").strip()):

@@ -13,6 +13,7 @@ from src.container import AppContainer, in_a_scope_of_its_own
 from src.logs import log_failure
 from src.runs.approvals import Resumed
 from src.runs.domain import Multitask, Run
+from src.runs.starting import Opening
 from src.services.auth import Caller
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,12 @@ async def start_detached(
     content: str,
     request_id: str,
     multitask: Multitask | None = None,
+    route: str | None = None,
+    opening: Opening | None = None,
 ) -> Run:
     """The run, once stored: ``running`` (in a task of its own here), or ``queued`` (started
     by whichever process ends the run ahead of it). What refused it (404, 409, 429, 503) is
-    raised here instead."""
+    raised here instead. ``route`` and ``opening``: as for ``ChatService.send_message``."""
     started: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
     task = in_a_scope_of_its_own(
         container,
@@ -41,6 +44,8 @@ async def start_detached(
             multitask=multitask,
             on_started=started.set_result,
             wait_queued=False,
+            route=route,
+            opening=opening,
         ),
         request_id=request_id,
     )

@@ -3,11 +3,13 @@ answer JSON, and read the seq a client has events up to."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
+from src.agents.triage import Route
 from src.container import AppContainer
 from src.services.approvals import ApprovalService
 from src.services.chat import ChatService
@@ -42,6 +44,13 @@ def threads_of(conn: HTTPConnection) -> ThreadService:
     """The request's thread use cases (from its request scope)."""
     threads: ThreadService = container_of(conn).request.threads()
     return threads
+
+
+def routes_of(conn: HTTPConnection) -> Mapping[str, Route]:
+    """The specialists triage chooses from, by route name (a team's container may add its
+    own)."""
+    routes: Mapping[str, Route] = container_of(conn).request.routes()
+    return routes
 
 
 def json_response(data: Any, status_code: int = 200) -> Response:

@@ -13,7 +13,7 @@ from src.web import sse
 from src.web.answers import EventList, RunAndAnswer, RunAnswer
 from src.web.auth import authenticated
 from src.web.bodies import Approvals, NewMessage, check_content, read_json
-from src.web.detached import cancel_detached, resume_detached, start_detached
+from src.web.detached import resume_detached, start_detached
 from src.web.openapi import Operation, Param, documented
 from src.web.requests import (
     approval_of,
@@ -102,34 +102,20 @@ async def _streamed_run(request: Request, caller: Caller, body: NewMessage) -> R
     """Subscribed first, then the run started apart from this request: its events stream from
     the first; if the client goes away first, the run is cancelled unless ``on_disconnect``
     says ``continue``."""
-    container, settings = container_of(request), settings_of(request)
-    broker = container.broker()
-    subscription = await sse.subscribe(broker, caller.user_id, settings)
-    try:
-        run = await start_detached(
+    container = container_of(request)
+    return await sse.start_and_stream(
+        container,
+        user_id=caller.user_id,
+        start=lambda: start_detached(
             container,
             caller=caller,
             thread_id=request.path_params["id"],
             content=body.content,
             request_id=request.state.request_id,
             multitask=body.multitask,
-        )
-    except BaseException:
-        await broker.unsubscribe(subscription)
-        raise
-
-    def abandoned() -> None:
-        if body.on_disconnect == "cancel":
-            cancel_detached(container, run)
-
-    return sse.stream(
-        broker=broker,
-        subscription=subscription,
-        store=container.event_store(),
-        settings=settings,
-        run_id=run.id,
-        after=0,
-        on_abandoned=abandoned,
+        ),
+        wire_for=lambda _: sse.ISOCHAT_WIRE,
+        cancel_on_leave=body.on_disconnect == "cancel",
     )
 
 

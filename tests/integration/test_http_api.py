@@ -88,7 +88,15 @@ async def test_threads_are_created_listed_newest_first_and_read(
     first = await client.post("/api/threads", json={"title": "first"}, headers=headers)
     second = await client.post("/api/threads", headers=headers)
     assert first.status_code == second.status_code == 201
-    assert set(first.json()) == {"id", "title", "created_at", "active_run_id", "queued_run_ids"}
+    assert set(first.json()) == {
+        "id",
+        "title",
+        "created_at",
+        "active_run_id",
+        "queued_run_ids",
+        "origin",
+    }
+    assert first.json()["origin"] == "api"
     assert second.json()["title"] == "New chat"
     listed = (await client.get("/api/threads", headers=headers)).json()["threads"]
     assert [t["id"] for t in listed] == [second.json()["id"], first.json()["id"]]

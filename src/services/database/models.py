@@ -71,8 +71,17 @@ class ThreadRow(Base):
     user_id: Mapped[str] = mapped_column(String(200))
     title: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Which protocol made it (src/runs/domain.py, ThreadOrigin), what its client attached to it
+    # (JSON), and the key a client names it by (the AI SDK's chat id), unique per user.
+    origin: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    client_metadata: Mapped[str | None] = mapped_column("metadata", Text)
+    client_key: Mapped[str | None] = mapped_column(String(200))
 
-    __table_args__ = (Index("ix_threads_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_threads_user_created", "user_id", "created_at"),
+        # NULLs are distinct (SQLite, PostgreSQL): only keyed threads are held to it.
+        Index("uq_threads_user_client_key", "user_id", "client_key", unique=True),
+    )
 
 
 class MessageRow(Base):

@@ -54,6 +54,8 @@ def thread_of(row: Row[Any], queued: dict[str, list[str]] | None = None) -> Thre
         created_at=row.created_at,
         active_run_id=row.active_run_id,
         queued_run_ids=tuple((queued or {}).get(row.id, ())),
+        origin=row.origin,
+        metadata=row.metadata,
     )
 
 
@@ -123,12 +125,37 @@ _THREADS_WITH_RUN = select(THREADS, RUNS.c.id.label("active_run_id")).outerjoin(
 )
 
 
-def add_thread(conn: Connection, thread: Thread) -> None:
+def add_thread(conn: Connection, thread: Thread, *, client_key: str | None = None) -> None:
     conn.execute(
         insert(THREADS).values(
-            id=thread.id, user_id=thread.user_id, title=thread.title, created_at=thread.created_at
+            id=thread.id,
+            user_id=thread.user_id,
+            title=thread.title,
+            created_at=thread.created_at,
+            origin=thread.origin,
+            metadata=thread.metadata,
+            client_key=client_key,
         )
     )
+
+
+def thread_by_key(conn: Connection, *, user_id: str, client_key: str) -> Thread | None:
+    """The user's thread its client names ``client_key`` (the AI SDK's chat id)."""
+    row = conn.execute(
+        _THREADS_WITH_RUN.where(THREADS.c.user_id == user_id, THREADS.c.client_key == client_key)
+    ).first()
+    return None if row is None else thread_of(row, queued_run_ids(conn, thread_ids=[row.id]))
+
+
+def set_thread_metadata(conn: Connection, *, thread_id: str, user_id: str, metadata: str) -> bool:
+    """Replace what the thread's client attached to it; False when the user has no such
+    thread."""
+    result = conn.execute(
+        update(THREADS)
+        .where(THREADS.c.id == thread_id, THREADS.c.user_id == user_id)
+        .values(metadata=metadata)
+    )
+    return bool(result.rowcount)
 
 
 def get_thread(conn: Connection, *, thread_id: str, user_id: str) -> Thread | None:
