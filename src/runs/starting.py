@@ -26,6 +26,10 @@ _RUNNING_OF_USER = select(func.count()).where(
 )
 
 
+# An earlier message of a conversation its client keeps: its role and its text.
+Earlier = tuple[Literal["user", "assistant"], str]
+
+
 @dataclass(frozen=True, slots=True)
 class Opening:
     """What a client that keeps the conversation itself sends before its question (the
@@ -34,7 +38,7 @@ class Opening:
     and its run, in one transaction: a run refused leaves none of them."""
 
     thread: Thread | None = None
-    earlier: tuple[tuple[Literal["user", "assistant"], str], ...] = ()
+    earlier: tuple[Earlier, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
