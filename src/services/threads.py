@@ -90,6 +90,14 @@ class ThreadService:
             return found, False
         return thread, True
 
+    async def find_chat_thread(self, *, user_id: str, client_key: str) -> Thread | None:
+        """The user's thread its client names ``client_key``, if one was made for it (a
+        client resuming a chat, or answering an approval, must not make one)."""
+        found: Thread | None = await self._tx.read(
+            repo.thread_by_key, user_id=user_id, client_key=client_key
+        )
+        return found
+
     async def set_metadata(self, *, user_id: str, thread_id: str, metadata: str) -> Thread:
         """Replace what the thread's client attached to it (JSON text)."""
         changed = is_uuid(thread_id) and await self._tx.write(

@@ -54,7 +54,15 @@ def create_app(container: AppContainer) -> Starlette:
                     "Last-Event-ID",
                     "x-api-key",
                 ],
-                expose_headers=["X-Request-ID", "Retry-After", "x-vercel-ai-ui-message-stream"],
+                expose_headers=[
+                    "X-Request-ID",
+                    "Retry-After",
+                    "x-vercel-ai-ui-message-stream",
+                    "X-Isochat-Thread-Id",
+                    "X-Isochat-Run-Id",
+                    "Location",
+                    "Content-Location",
+                ],
                 max_age=600,
             ),
         )

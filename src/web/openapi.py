@@ -28,7 +28,7 @@ BODY_ERRORS = ("invalid_json", "payload_too_large", "validation_error")
 @dataclass(frozen=True)
 class Param:
     name: str
-    where: str  # "query" or "header"
+    where: str  # "query", "header" or "path"
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
 
@@ -89,6 +89,8 @@ def document(
 
 def _operation(route: Route, method: str, op: Operation, schemas: _Schemas) -> dict[str, Any]:
     name = getattr(route.endpoint, "__name__", route.path)
+    # A path parameter is a UUID unless the operation describes it (a client's own id).
+    described = {p.name for p in op.params if p.where == "path"}
     out: dict[str, Any] = {
         "operationId": name,
         "summary": op.summary,
@@ -101,9 +103,11 @@ def _operation(route: Route, method: str, op: Operation, schemas: _Schemas) -> d
                     "schema": {"type": "string", "format": "uuid"},
                 }
                 for param in route.param_convertors
+                if param not in described
             ),
             *(
                 {"name": p.name, "in": p.where, "description": p.description, "schema": p.schema}
+                | ({"required": True} if p.where == "path" else {})
                 for p in op.params
             ),
         ],

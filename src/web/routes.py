@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from src.web import auth, health, page, runs, threads
+from src.web.adapters import agent_protocol, ai_sdk, openai
 from src.web.openapi import Operation, document, documented
 from src.web.requests import json_response
 from src.web.websocket import websocket_endpoint
@@ -67,4 +68,8 @@ ROUTES = [
     Route("/api/runs/{id}/cancel", runs.cancel_run, methods=["POST"]),
     Route("/api/runs/{id}/approvals", runs.decide, methods=["POST"]),
     WebSocketRoute("/ws", websocket_endpoint),
+    # The protocols of clients that already exist (src/web/adapters/).
+    *openai.ROUTES,
+    *agent_protocol.ROUTES,
+    *ai_sdk.ROUTES,
 ]

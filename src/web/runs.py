@@ -165,16 +165,9 @@ async def stream_run(request: Request) -> Response:
         after = seq_param(last_event_id.strip(), name="Last-Event-ID")
     else:
         after = seq_param(request.query_params.get("after", "0"), name="after")
-    container, settings = container_of(request), settings_of(request)
     run = await chat_of(request).get_run(user_id=caller.user_id, run_id=request.path_params["id"])
-    broker = container.broker()
-    return sse.stream(
-        broker=broker,
-        subscription=await sse.subscribe(broker, caller.user_id, settings),
-        store=container.event_store(),
-        settings=settings,
-        run_id=run.id,
-        after=after,
+    return await sse.follow(
+        container_of(request), user_id=caller.user_id, run_id=run.id, after=after
     )
 
 

@@ -102,6 +102,31 @@ def stream(
     )
 
 
+async def follow(
+    container: AppContainer,
+    *,
+    user_id: str,
+    run_id: str,
+    after: int = 0,
+    wire: Wire = ISOCHAT_WIRE,
+    on_abandoned: Callable[[], None] | None = None,
+) -> StreamingResponse:
+    """``stream`` of the user's run after seq ``after``, subscribed now: a client joining a
+    run that goes on without it (following does not own it, unless ``on_abandoned`` says)."""
+    settings = container.settings()
+    broker = container.broker()
+    return stream(
+        broker=broker,
+        subscription=await subscribe(broker, user_id, settings),
+        store=container.event_store(),
+        settings=settings,
+        run_id=run_id,
+        after=after,
+        on_abandoned=on_abandoned,
+        wire=wire,
+    )
+
+
 async def start_and_stream(
     container: AppContainer,
     *,
