@@ -42,8 +42,9 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium could not be installed: the browser tests will be skipped"
 
+# Two pytest processes: most tests wait on servers, processes and sockets, not on a core.
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/scope_overhead.py

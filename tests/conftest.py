@@ -32,7 +32,10 @@ __all__ = ["garbage_mcp", "mcp1", "mcp1_process", "mcp1_python", "mcp2", "mcp2_p
 
 # One Redis may serve several test runs at once (two `make test` side by side): each run's
 # channels and keys get a prefix of their own, in this process and the servers it starts.
-os.environ.setdefault("ISOCHAT_REDIS_PREFIX", f"isochat-test-{uuid.uuid4().hex[:8]}:")
+_PREFIX = os.environ.setdefault("ISOCHAT_REDIS_PREFIX", f"isochat-test-{uuid.uuid4().hex[:8]}:")
+# pytest-xdist's workers inherit the run's prefix: each worker's tests get one of their own.
+if _WORKER := os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["ISOCHAT_REDIS_PREFIX"] = f"{_PREFIX.removesuffix(':')}-{_WORKER}:"
 
 
 @pytest.fixture

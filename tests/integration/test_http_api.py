@@ -18,6 +18,8 @@ from tests.fakes import install_chaos
 from tests.helpers import NO_LEAKS, auth, leaks, new_thread, orphan_run, send, wait_for_run
 
 READY = {"database": "ok", "migrations": "ok", "broker": "ok", "model": "ok"}
+# An id no object has (the same in every test process: pytest-xdist compares the test ids).
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -267,9 +269,9 @@ async def test_another_users_objects_are_not_found(
     [
         ("GET", "/api/threads/not-a-uuid"),
         ("GET", "/api/threads/not-a-uuid/messages"),
-        ("GET", f"/api/threads/{uuid.uuid4()}"),
+        ("GET", f"/api/threads/{UNKNOWN_ID}"),
         ("GET", "/api/runs/%20"),
-        ("GET", f"/api/runs/{uuid.uuid4()}/events"),
+        ("GET", f"/api/runs/{UNKNOWN_ID}/events"),
         ("POST", "/api/runs/1234/cancel"),
         ("GET", "/api/nowhere"),
     ],
