@@ -54,6 +54,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/multitask.py
 	$(BIN)/python bench/mcp_runs.py
+	$(BIN)/python bench/adapters.py
 
 # After changing dependencies in pyproject.toml: new pins (and hashes) for both targets.
 lock: | $(BIN)/python

@@ -8,6 +8,13 @@ What it measures, on one server (its own process, fresh SQLite file, offline LLM
   (``round(N * fail_ratio)`` of them, spread evenly) who send ``what is i / 0?``, which makes the
   calculator tool fail so that their runs end ``run_failed`` with ``tool_error``.
 
+A share of the healthy users (``--adapter-share`` of them on each, 10 % by default) chat through
+the adapters of existing clients instead of ``/ws``: ``/v1/chat/completions`` streamed by the
+``openai`` SDK, a ``langgraph_sdk`` run stream, and the AI SDK's ``/api/chat`` stream (see
+``bench/adapter_clients.py``), each run on a thread the adapter makes. For them, a *cross-user
+frame* is a run their stream named that is not their own, their answer must be their own, and
+the *seq* check reads their run's stored events (with their token) after the phase.
+
 Latency is the time from sending the ``chat`` frame to receiving that run's final event. Every
 frame a user receives is checked: it must belong to the run whose ``run_started`` echoed the
 user's own ``request_id`` (anything else is a *cross-user frame*), its ``seq`` must count 1, 2,
@@ -26,7 +33,7 @@ phase's wall time, and the ratios compare throughput under the two mixes. The cl
 same machine as the server and shares its cores, so absolute numbers include the client's own
 work; compare ratios.
 
-    .venv/bin/python bench/ws_load.py [--users N] [--fail-ratio R]
+    .venv/bin/python bench/ws_load.py [--users N] [--fail-ratio R] [--adapter-share S]
 
 The last line is machine-readable; the exit code is 1 when any check failed.
 """
@@ -51,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import adapter_clients as ac
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
@@ -210,6 +218,7 @@ def log_trouble(log: Path) -> int:
 class User:
     index: int
     failing: bool
+    protocol: str = "ws"  # or one of the adapters (adapter_clients.ADAPTERS)
     token: str = ""
     threads: list[str] = field(default_factory=list)  # healthy: one per phase; failing: one
 
@@ -234,9 +243,18 @@ def failing_indices(users: int, fail_ratio: float) -> frozenset[int]:
     return frozenset(int((j + 0.5) * users / count) for j in range(count)) if count else frozenset()
 
 
-def make_users(count: int, fail_ratio: float) -> list[User]:
+def make_users(count: int, fail_ratio: float, adapter_share: float = 0.0) -> list[User]:
+    """The users; of the healthy ones, every ``1 / adapter_share``-th block of them puts one
+    on each adapter (10 %: in every ten healthy users, the 2nd, 3rd and 4th)."""
     failing = failing_indices(count, fail_ratio)
-    return [User(index=i, failing=i in failing) for i in range(count)]
+    users = [User(index=i, failing=i in failing) for i in range(count)]
+    if adapter_share > 0:
+        period = round(1 / adapter_share)
+        for position, user in enumerate(u for u in users if not u.failing):
+            slot = position % period
+            if 1 <= slot <= len(ac.ADAPTERS):
+                user.protocol = ac.ADAPTERS[slot - 1]
+    return users
 
 
 async def prepare_user(http: httpx.AsyncClient, gate: asyncio.Semaphore, user: User) -> None:
@@ -310,6 +328,7 @@ class Outcome:
     cross_user_frames: int = 0
     seq_violations: int = 0
     problems: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)  # an adapter user's run
 
     @property
     def final_type(self) -> str | None:
@@ -349,6 +368,42 @@ async def drain(ws: ClientConnection, watch: RunWatch) -> None:
         await ws.send(json.dumps({"type": "ping"}))
         while (frame := parse(await ws.recv())).get("type") != "pong":
             watch.see(frame)
+
+
+async def adapter_once(url: str, user: User) -> Outcome:
+    """One run through the user's adapter: what its client put together, as an outcome the
+    ``/ws`` users' checks can judge; its stored events are read after the phase."""
+    outcome = Outcome(user)
+    start = time.perf_counter()
+    try:
+        client = await ac.client_for(user.protocol, url, user.token)
+        try:
+            seen = await client.run(user.question)
+        finally:
+            await client.aclose()
+    except (OSError, TimeoutError, ValueError, RuntimeError, httpx.HTTPError) as exc:
+        outcome.problems.append(f"{user.protocol}: {type(exc).__name__}: {exc}")
+        return outcome
+    outcome.latency_s = time.perf_counter() - start
+    own = sorted(seen.run_ids)[:1]
+    outcome.run_ids = own
+    outcome.cross_user_frames = len(seen.run_ids) - len(own)
+    if own and seen.problem is None:
+        message = {"content": seen.answer}
+        outcome.final = {"type": "run_completed", "run_id": own[0], "data": {"message": message}}
+    else:
+        outcome.problems.append(f"{user.protocol}: {seen.problem or 'no run named'}")
+    outcome.problems += judge(outcome)
+    return outcome
+
+
+async def stored_seq_problems(url: str, outcomes: Sequence[Outcome]) -> None:
+    """The adapter users' runs as stored: their seq problems counted, each named."""
+    for outcome in outcomes:
+        if outcome.user.protocol != "ws" and outcome.run_ids:
+            found = await ac.stored_problems(url, outcome.user.token, outcome.run_ids)
+            outcome.seq_violations += len(found)
+            outcome.problems += found
 
 
 async def chat_once(ws_url: str, user: User, thread_id: str) -> Outcome:
@@ -413,6 +468,13 @@ class PhaseResult:
             if not o.user.failing and o.final_type == "run_completed" and not o.problems
         )
 
+    def completed_through(self, protocol: str) -> int:
+        return sum(
+            1
+            for o in self.outcomes
+            if o.user.protocol == protocol and o.final_type == "run_completed" and not o.problems
+        )
+
     @property
     def cross_user_frames(self) -> int:
         return sum(o.cross_user_frames for o in self.outcomes)
@@ -436,7 +498,12 @@ def outcome_of(task: asyncio.Task[Outcome], user: User) -> Outcome:
 async def run_phase(name: str, server: Server, jobs: Sequence[tuple[User, str]]) -> PhaseResult:
     """All ``jobs`` (user, thread) at once; bounded by ``PHASE_TIMEOUT_S``."""
     start = time.perf_counter()
-    tasks = [asyncio.create_task(chat_once(server.ws_url, u, t)) for u, t in jobs]
+    tasks = [
+        asyncio.create_task(
+            chat_once(server.ws_url, u, t) if u.protocol == "ws" else adapter_once(server.url, u)
+        )
+        for u, t in jobs
+    ]
     _, pending = await asyncio.wait(tasks, timeout=PHASE_TIMEOUT_S)
     for task in pending:
         task.cancel()
@@ -445,6 +512,7 @@ async def run_phase(name: str, server: Server, jobs: Sequence[tuple[User, str]])
             await asyncio.gather(*pending, return_exceptions=True)
     wall_s = time.perf_counter() - start
     outcomes = [outcome_of(task, user) for task, (user, _) in zip(tasks, jobs, strict=True)]
+    await stored_seq_problems(server.url, outcomes)  # outside the clock
     return PhaseResult(name=name, outcomes=outcomes, wall_s=wall_s)
 
 
@@ -528,6 +596,11 @@ def describe_phase(title: str, phase: PhaseResult) -> list[str]:
         describe_latencies("healthy latency", phase.latencies_ms(failing=False)),
         describe_latencies("failing latency", phase.latencies_ms(failing=True)),
         f"    cross-user frames {phase.cross_user_frames}, seq violations {phase.seq_violations}",
+        "    completed by protocol: "
+        + ", ".join(
+            f"{p} {phase.completed_through(p)}/{sum(o.user.protocol == p for o in phase.outcomes)}"
+            for p in ("ws", *ac.ADAPTERS)
+        ),
     ]
 
 
@@ -603,7 +676,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--fail-ratio", type=float, default=0.10)
+    parser.add_argument(
+        "--adapter-share", type=float, default=0.10, help="of the users on each adapter (0.10)"
+    )
     args = parser.parse_args()
+    if not 0 <= args.adapter_share <= 0.25:
+        parser.error("--adapter-share must be between 0 and 0.25")
     if args.users < 1:
         parser.error("--users must be at least 1")
     if not 0 <= args.fail_ratio < 1 or round(args.users * args.fail_ratio) >= args.users:
@@ -613,7 +691,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    users = make_users(args.users, args.fail_ratio)
+    users = make_users(args.users, args.fail_ratio, args.adapter_share)
     raise_fd_limit(args.users + FD_HEADROOM)
     try:
         with (

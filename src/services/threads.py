@@ -77,14 +77,14 @@ class ThreadService:
         """The user's thread its client names ``client_key`` (the AI SDK's chat id), made on
         first use; and whether it was made now. Keys are per user: another user's same key is
         another thread."""
-        found = await self._tx.read(repo.thread_by_key, user_id=user_id, client_key=client_key)
+        found = await self.find_chat_thread(user_id=user_id, client_key=client_key)
         if found is not None:
             return found, False
         thread = new_thread(user_id=user_id, title=title, origin=origin)
         try:
             await self._tx.write(repo.add_thread, thread, client_key=client_key)
         except IntegrityError:  # the same chat's first two requests at once: the other won
-            found = await self._tx.read(repo.thread_by_key, user_id=user_id, client_key=client_key)
+            found = await self.find_chat_thread(user_id=user_id, client_key=client_key)
             if found is None:
                 raise
             return found, False
