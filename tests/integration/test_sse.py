@@ -173,7 +173,8 @@ async def test_a_client_that_goes_away_cancels_its_run_unless_asked_to_continue(
         headers=headers | {"Accept": "text/event-stream"},
     ) as response:
         [started] = events(await read_sse(response.aiter_lines(), stop_after=1))
-    await asyncio.wait_for(gate.reached.wait(), WITHIN_S)
+        # The client leaves only once the run is held: a cancel must not beat it to the gate.
+        await asyncio.wait_for(gate.reached.wait(), WITHIN_S)
     broker = container.broker()
     await eventually(lambda: broker.subscriber_count("alice") == 0)  # the server saw it leave
     gate.opened.set()
