@@ -172,8 +172,10 @@ async def test_a_client_that_goes_away_cancels_its_run_unless_asked_to_continue(
         json=content,
         headers=headers | {"Accept": "text/event-stream"},
     ) as response:
-        [started] = events(await read_sse(response.aiter_lines(), stop_after=1))
-        # The client leaves only once the run is held: a cancel must not beat it to the gate.
+        # Held in a name: an iterator left to the garbage collector closes the response, and
+        # the client must leave only once the run is held (its cancel would beat the gate).
+        lines = response.aiter_lines()
+        [started] = events(await read_sse(lines, stop_after=1))
         await asyncio.wait_for(gate.reached.wait(), WITHIN_S)
     broker = container.broker()
     await eventually(lambda: broker.subscriber_count("alice") == 0)  # the server saw it leave
