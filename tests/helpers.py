@@ -114,12 +114,25 @@ def ws_connections(container: AppContainer) -> dict[str, float]:
     return {"ws_connections": container.metrics().value("isochat_ws_connections")}
 
 
+# How long a test server waits for its open responses when it stops.
+GRACEFUL_SHUTDOWN_S = 5
+
+
 @asynccontextmanager
 async def serving(app: ASGIApp, config: uvicorn.Config | None = None) -> AsyncIterator[str]:
     """``app`` on a real uvicorn on a free loopback port, for the block: its ``host:port``.
     ``config`` (for ``app``, on 127.0.0.1 port 0) replaces the quiet default."""
     if config is None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            # A client still holding a stream (a browser's page) must not hold the teardown:
+            # uvicorn waits for open responses, for ever unless told how long.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
     server = uvicorn.Server(config)
     running = asyncio.create_task(server.serve())
     while not server.started:

@@ -37,7 +37,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def browser(live_server: str) -> AsyncIterator[Browser]:
+    """Chromium, started after the server and closed before it (fixtures end in reverse):
+    its pages' sockets and streams are gone before the server stops."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
