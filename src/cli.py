@@ -27,7 +27,8 @@ from src.services.database.engine import create_engine
 from src.services.database.failures import DatabaseTimeout, unavailable
 from src.services.database.migrations import MigrationLockTimeout, upgrade_to_head
 from src.services.mcp.config import route_problems
-from src.settings import BadSettings, Settings, load_settings, redact_url
+from src.setting_errors import BadSettings, load_settings
+from src.settings import Settings, redact_url
 
 log = logging.getLogger("isochat")
 

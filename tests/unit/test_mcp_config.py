@@ -12,7 +12,7 @@ import pytest
 
 from src.services.mcp.config import McpServer, route_problems
 from src.services.mcp.tool_lists import RETRY_AFTER_S, McpToolLists
-from src.settings import BadSettings, load_settings
+from src.setting_errors import BadSettings, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from src.settings import BadSettings, Settings, load_settings, redact_url
+from src.setting_errors import BadSettings, load_settings
+from src.settings import Settings, redact_url
 
 
 @pytest.fixture(autouse=True)
