@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -14,16 +15,17 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from src.services.database.failures import DatabaseTimeout
-
 T = TypeVar("T")
+# Transactions committed together at most: bounds how long the first of a batch waits for the
+# last (a batch of 64 small writes takes a few milliseconds).
+MAX_BATCH = 64
 
 
 class Writer(Protocol):
     """Where write transactions run: ``await writer.run(work)`` commits what ``work`` did on the
     connection it is given, or rolls it back if it raised."""
 
-    async def run(self, work: Callable[[Connection], T]) -> T: ...
+    def run(self, work: Callable[[Connection], T]) -> Awaitable[T]: ...
 
     def checked_out(self) -> int: ...
 
@@ -48,8 +50,21 @@ class EngineWriter:
         return None  # the application's engine is disposed by its owner
 
 
+class _Write:
+    """One write transaction waiting for the writer thread, and its outcome."""
+
+    __slots__ = ("error", "future", "result", "work")
+
+    def __init__(self, work: Callable[[Connection], Any], future: asyncio.Future[Any]) -> None:
+        self.work = work
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class SQLiteWriter:
-    """Every write transaction of this process on one SQLite connection, in one thread.
+    """Every write transaction of this process on one SQLite connection, in one thread, with
+    the transactions that queue up meanwhile committed together (group commit).
 
     SQLite has one writer at a time. With a pool of writers, the others sleep in SQLite's busy
     handler (in steps of up to 100 ms, in no order): a lock convoy that gave one run in a
@@ -57,6 +72,13 @@ class SQLiteWriter:
     first served, and reads go on beside it on the async engine's pool (WAL). A whole
     transaction is one trip to the thread: through aiosqlite each statement costs about four
     (cursor, execute, fetch, close), and a run writes about ten transactions.
+
+    What queued while the thread was busy goes in one SQLite transaction, each in a savepoint
+    of its own: a commit writes every page it touched to the WAL, and BEGIN, COMMIT and the
+    wake-up of the event loop were most of a small write's cost. A transaction that raises is
+    rolled back to its savepoint alone; the others commit. Nobody hears of a write before its
+    batch has committed, so an event is still stored before it is published; a batch whose
+    BEGIN or COMMIT fails fails every write in it, and none of them stored anything.
     """
 
     def __init__(self, url: URL, *, timeout_s: float) -> None:
@@ -73,23 +95,70 @@ class SQLiteWriter:
         )
         configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isochat-writer")
+        self._lock = threading.Lock()
+        self._queued: list[_Write] = []
+        self._draining = False  # a drain is scheduled on the thread, or running
 
-    async def run(self, work: Callable[[Connection], T]) -> T:
-        given_up = threading.Event()
+    def run(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """The outcome of ``work``'s transaction, once committed. Cancelling the future gives
+        the write up if its batch has not started yet (else it commits all the same)."""
+        loop = asyncio.get_running_loop()
+        write = _Write(work, loop.create_future())
+        with self._lock:
+            self._queued.append(write)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._thread.submit(self._drain, loop)
+        return write.future
 
-        def transaction() -> T:
-            if given_up.is_set():  # its caller stopped waiting before its turn came
-                raise DatabaseTimeout("the write was given up before it started")
-            with self.engine.begin() as conn:
-                return work(conn)
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer thread: commit what is queued, batch after batch, until nothing is."""
+        while True:
+            with self._lock:
+                batch = self._queued[:MAX_BATCH]
+                del self._queued[:MAX_BATCH]
+                if not batch:
+                    self._draining = False
+                    return
+            self._commit(batch)
+            # One wake-up of the loop per batch (none if the loop is closed: nobody waits).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, batch)
 
-        future = asyncio.get_running_loop().run_in_executor(self._thread, transaction)
-        # Seen even when nobody awaits it any more (its caller gave up at the deadline).
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    def _commit(self, batch: list[_Write]) -> None:
+        # A write whose caller stopped waiting before its turn came is never run.
+        live = [write for write in batch if not write.future.cancelled()]
+        if not live:
+            return
         try:
-            return await asyncio.shield(future)
-        finally:
-            given_up.set()  # a no-op once it ran; otherwise it never will
+            with self.engine.begin() as conn:
+                if len(live) == 1:
+                    live[0].result = live[0].work(conn)  # raising rolls the transaction back
+                    return
+                # The driver's own connection: a savepoint through SQLAlchemy costs more than
+                # the small write it guards.
+                driver: Any = conn.connection.driver_connection
+                for write in live:
+                    driver.execute("SAVEPOINT isochat_write")
+                    try:
+                        write.result = write.work(conn)
+                    except Exception as exc:
+                        driver.execute("ROLLBACK TO isochat_write")
+                        write.error = exc
+                    driver.execute("RELEASE isochat_write")
+        except Exception as exc:  # nothing of the batch is stored
+            self._end_transaction_left_open()
+            for write in live:
+                if write.error is None:
+                    write.error, write.result = exc, None
+
+    def _end_transaction_left_open(self) -> None:
+        """A COMMIT that failed (a deferred constraint, a full disk) leaves SQLite's transaction
+        open, and the pool does not reset its connection: every later BEGIN would fail."""
+        with contextlib.suppress(Exception), self.engine.connect() as conn:
+            driver: Any = conn.connection.driver_connection
+            driver.rollback()  # nothing happens when no transaction is open
 
     def checked_out(self) -> int:
         pool = self.engine.pool
@@ -98,6 +167,18 @@ class SQLiteWriter:
     async def dispose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
         self._thread.shutdown(wait=False)
+
+
+def _settle(batch: list[_Write]) -> None:
+    """On the loop: tell each write of a committed batch its outcome."""
+    for write in batch:
+        if write.future.done():  # given up (cancelled) meanwhile
+            continue
+        if write.error is None:
+            write.future.set_result(write.result)
+        else:
+            write.future.set_exception(write.error)
+        write.work = write.result = write.error = None  # type: ignore[assignment]
 
 
 def create_writer(engine: AsyncEngine, *, timeout_s: float) -> Writer:
