@@ -494,8 +494,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    # uvicorn's defaults otherwise, as `isochat serve` has them (uvloop, httptools, websockets,
-    # per-message deflate), so that both servers differ only in the application.
+    # uvicorn's defaults otherwise, and its settings as `isochat serve` has them (uvloop,
+    # httptools, websockets without per-message deflate), so that both servers differ only in
+    # the application.
     uvicorn.run(
         create_app(args.database),
         host=HOST,
@@ -503,6 +504,7 @@ def main() -> None:
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
+        ws_per_message_deflate=False,
     )
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -95,8 +95,10 @@ class SQLiteWriter:
         )
         configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isochat-writer")
-        self._lock = threading.Lock()
-        self._queued: list[_Write] = []
+        # No lock between the loop and the thread (a lock held by a thread that lost the GIL
+        # stalled the loop): a deque's append and popleft are atomic, and a drain scheduled
+        # twice is harmless, the thread running one at a time.
+        self._queued: collections.deque[_Write] = collections.deque()
         self._draining = False  # a drain is scheduled on the thread, or running
 
     def run(self, work: Callable[[Connection], T]) -> asyncio.Future[T]:
@@ -104,23 +106,23 @@ class SQLiteWriter:
         the write up if its batch has not started yet (else it commits all the same)."""
         loop = asyncio.get_running_loop()
         write = _Write(work, loop.create_future())
-        with self._lock:
-            self._queued.append(write)
-            start = not self._draining
+        self._queued.append(write)
+        if not self._draining:
             self._draining = True
-        if start:
             self._thread.submit(self._drain, loop)
         return write.future
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the writer thread: commit what is queued, batch after batch, until nothing is."""
+        queued = self._queued
         while True:
-            with self._lock:
-                batch = self._queued[:MAX_BATCH]
-                del self._queued[:MAX_BATCH]
-                if not batch:
-                    self._draining = False
+            batch = [queued.popleft() for _ in range(min(len(queued), MAX_BATCH))]
+            if not batch:
+                self._draining = False
+                if not queued:  # else it came after the look and before the flag: go on
                     return
+                self._draining = True
+                continue
             self._commit(batch)
             # One wake-up of the loop per batch (none if the loop is closed: nobody waits).
             with contextlib.suppress(RuntimeError):
