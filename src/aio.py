@@ -23,28 +23,59 @@ async def uninterrupted(awaitable: Awaitable[T], *, timeout_s: float | None = No
     never lost. A hung database must not make the caller uncancellable forever, though: after
     ``timeout_s`` the work is cancelled and left to unwind in its own task, and the caller gets
     ``DeadlineExceeded`` (or its own cancellation).
+
+    Every database write and every event goes through here: a shield and a timer, not
+    ``asyncio.wait`` (its sets, waiter and callbacks were 5 % of a run's CPU).
     """
     task = asyncio.ensure_future(awaitable)
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout_s is None else loop.time() + timeout_s
+    if task.done():
+        return task.result()
+    waiting = _Waiting()
+    timer = None
+    if timeout_s is not None:
+        timer = asyncio.get_running_loop().call_later(timeout_s, waiting.expire)
     cancelled = False
-    while not task.done():
-        remaining = None if deadline is None else deadline - loop.time()
-        if remaining is not None and remaining <= 0:
-            task.cancel()
-            task.add_done_callback(_retrieve)
-            if cancelled:
-                raise asyncio.CancelledError
-            raise DeadlineExceeded(f"gave up after {timeout_s:g} s")
-        try:
-            await asyncio.wait((task,), timeout=remaining)
-        except asyncio.CancelledError:
-            cancelled = True
+    try:
+        while not task.done():
+            waiting.outer = asyncio.shield(task)
+            try:
+                await waiting.outer
+            except asyncio.CancelledError:
+                if waiting.expired:
+                    break
+                cancelled = True  # ours (or the work's own, which its result says again)
+            except BaseException:
+                pass  # the work's own outcome: read below
+    finally:
+        waiting.outer = None
+        if timer is not None:
+            timer.cancel()
+    if not task.done():  # the deadline passed
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        if cancelled:
+            raise asyncio.CancelledError
+        raise DeadlineExceeded(f"gave up after {timeout_s:g} s")
     if cancelled:
         if not task.cancelled():
             task.exception()  # mark it retrieved: the cancellation is what the caller sees
         raise asyncio.CancelledError
     return task.result()
+
+
+class _Waiting:
+    """What ``uninterrupted``'s deadline stops: the wait, not the work."""
+
+    __slots__ = ("expired", "outer")
+
+    def __init__(self) -> None:
+        self.expired = False
+        self.outer: asyncio.Future[Any] | None = None
+
+    def expire(self) -> None:
+        self.expired = True
+        if self.outer is not None:
+            self.outer.cancel()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
