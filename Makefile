@@ -50,6 +50,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/scope_overhead.py
 	$(BIN)/python bench/ws_load.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/streaming_overhead.py
 	$(BIN)/python bench/cancel_latency.py
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/multitask.py

@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS run_events (
 
 # isochat's events for the workload, after run_started (seq 1) and before run_completed: triage
 # routes to math (a choose_route call), whose model calls the calculator, then answers (streamed
-# as one agent_thinking: the answer has no sentence end to send it in pieces at). ``route`` is
+# as one agent_thinking: the offline model gives its answer in one piece). ``route`` is
 # stored with the event after triage's choice (the math agent's start), as isochat's emitter
 # stores it with the run's next write.
 ROUTE = "math"

@@ -49,7 +49,7 @@ TEXTS = {
         "Here is the code:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
         "Call `add(1, 2)`.\t"
     ),
-    # A first piece that ends a sentence: it goes out as an event at once (then ``stall``).
+    # A first piece that goes out as an event at once (then ``stall``).
     "story": "Once. Upon a time there was a long story that went on and on.",
 }
 

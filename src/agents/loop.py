@@ -12,7 +12,8 @@ fails with ``tool_error`` when the model cannot get past the failure: it answers
 it, repeats the very call that failed, or its tools have failed ``MAX_FAILING_TURNS`` turns in
 a row. A model that is still calling tools after ``MAX_STEPS`` calls fails the run with
 ``step_limit``. Everything here runs in the run's task, so the run's deadline and a cancel
-reach every model call and every tool.
+reach every model call and every tool (the answer's events go out from a task of the answer's
+own, which the run's task waits for or cancels: ``src/agents/thinking.py``).
 """
 
 from __future__ import annotations
@@ -158,6 +159,12 @@ class ToolAgent(Agent):
 
     async def _go_on(self, state: LoopState, answer: AnswerStream) -> str:
         """Ask the model, run the tools it calls, and again, until it answers."""
+        try:
+            return await self._turns(state, answer)
+        finally:
+            await answer.close()  # on a way out without the flush: no event after the run
+
+    async def _turns(self, state: LoopState, answer: AnswerStream) -> str:
         specs = [tool.spec() for tool in self._tools.values()]
         while state.steps < self._max_steps:
             state.steps += 1
