@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: run test bench lint clean browser lock
+.PHONY: run test bench lint clean browser lock vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,8 @@ browser:
 test: lint browser
 	$(BIN)/pytest -n 2
 
-bench: $(DEV_STAMP)
+# page_thread.py drives Debian's chromium (the browser target); without it, it says so.
+bench: $(DEV_STAMP) browser
 	$(BIN)/python bench/scope_overhead.py
 	$(BIN)/python bench/ws_load.py
 	$(BIN)/python bench/throughput.py
@@ -56,6 +57,25 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/multitask.py
 	$(BIN)/python bench/mcp_runs.py
 	$(BIN)/python bench/adapters.py
+	$(BIN)/python bench/page_thread.py
+
+# The chat page's Markdown renderer and sanitizer, pinned in src/web/static/vendor/package.json
+# and its lock (change a version there, then `npm install --package-lock-only` in that folder):
+# installed with `npm ci` in a scratch folder, so no node_modules lands in the sources, and
+# their browser builds and licences copied in. The page loads them as they are, with no build
+# step; only the source-map comment goes, since the maps are not shipped.
+VENDOR := src/web/static/vendor
+vendor:
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	cp $(VENDOR)/package.json $(VENDOR)/package-lock.json "$$scratch"/ && \
+	(cd "$$scratch" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) && \
+	modules="$$scratch/node_modules" && \
+	sed '/^\/\/# sourceMappingURL=/d' "$$modules/marked/lib/marked.esm.js" > $(VENDOR)/marked.esm.js && \
+	sed '/^\/\/# sourceMappingURL=/d' "$$modules/dompurify/dist/purify.es.mjs" > $(VENDOR)/purify.es.mjs && \
+	cp "$$modules/marked/LICENSE" $(VENDOR)/marked.LICENSE.md && \
+	cp "$$modules/dompurify/LICENSE" $(VENDOR)/purify.LICENSE && \
+	echo "vendored: marked $$(node -p 'require(process.argv[1]).version' "$$modules/marked/package.json")," \
+		"dompurify $$(node -p 'require(process.argv[1]).version' "$$modules/dompurify/package.json")"
 
 # After changing dependencies in pyproject.toml: new pins (and hashes) for both targets.
 lock: | $(BIN)/python

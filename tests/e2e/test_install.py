@@ -56,6 +56,8 @@ def assert_ships_every_package(wheel: Path, source: Path) -> None:
     assert "src/migrations/env.py" in migrations
     assert migrations <= shipped
     assert "src/web/static/index.html" in shipped
+    # The page's Markdown renderer and sanitizer, served by isochat itself (no CDN).
+    assert {"src/web/static/vendor/marked.esm.js", "src/web/static/vendor/purify.es.mjs"} <= shipped
     assert not [name for name in shipped if "__pycache__" in name or name.endswith(".pyc")]
 
 
