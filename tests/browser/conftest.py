@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from tests.browser.console import MARKER, ConsoleErrors
+
 CHROMIUM = os.environ.get("ISOCHAT_TEST_CHROMIUM", "/usr/bin/chromium")
 # As root (tests run as root) Chromium needs --no-sandbox; the rest keeps it off the network.
 ARGS = [
@@ -37,15 +39,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-async def browser(live_server: str) -> AsyncIterator[Browser]:
+async def browser(
+    live_server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Browser]:
     """Chromium, started after the server and closed before it (fixtures end in reverse):
-    its pages' sockets and streams are gone before the server stops."""
+    its pages' sockets and streams are gone before the server stops. Every console error and
+    uncaught exception of its pages fails the test at its end (tests/browser/console.py)."""
+    errors = ConsoleErrors()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        errors.watch(browser, monkeypatch)
         try:
             yield browser
+            await errors.flush(browser)
         finally:
             await browser.close()
+    errors.check(request.node.get_closest_marker(MARKER))
 
 
 @pytest.fixture
