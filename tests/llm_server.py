@@ -51,6 +51,28 @@ TEXTS = {
     ),
     # A first piece that goes out as an event at once (then ``stall``).
     "story": "Once. Upon a time there was a long story that went on and on.",
+    # Markdown whose first piece is whole: a page shows it as Markdown while it streams.
+    "bold": "**Once.** Upon a time there was a story told in *Markdown*.",
+    # Markdown, as a page renders it: a heading, lists, emphasis, a code block, a link.
+    "markdown": (
+        "## Adding up\n\nTwo steps:\n\n1. Add the **numbers**.\n2. Check the sum.\n\n"
+        "- one\n- two\n\n```python\nprint(1 + 2)\n```\n\n"
+        "More in [the guide](https://example.com/guide)."
+    ),
+    # What a page must show as inert text: scripts, handlers, javascript: links, a remote
+    # image, a frame, a form, a style (each sets window.pwned if it ever runs).
+    "hostile": (
+        "<script>window.pwned = 'script'</script>\n\n"
+        "<img src=x onerror=\"window.pwned = 'img'\">\n\n"
+        "[x](javascript:window.pwned='link')\n\n"
+        "<a href=\"javascript:window.pwned='a'\">click me</a>\n\n"
+        "![a](http://example.com/x.png)\n\n"
+        '<iframe src="http://example.com/frame"></iframe>\n\n'
+        '<form action="http://example.com/post"><input name=q><button>go</button></form>\n\n'
+        '<p style="color: red" onmouseover="window.pwned = \'p\'">styled</p>\n\n'
+        "<svg><script>window.pwned = 'svg'</script></svg>\n\n"
+        "Still here."
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""The chat page (``GET /``) and its files, and the page to try the API (``GET /docs``)."""
+"""The chat page (``GET /``) and its files, its icon (``GET /favicon.ico``), and the page to try
+the API (``GET /docs``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ DOCS_HEADERS = PAGE_HEADERS | {
     )
 }
 HTML = {200: {"text/html": {"schema": {"type": "string"}}}}
+SVG = {200: {"image/svg+xml": {"schema": {"type": "string"}}}}
+# The icon is the page's own SVG, also where browsers and other clients look for it unasked.
+ICON = STATIC / "favicon.svg"
+ICON_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
 
 
 @documented(Operation("The chat page", {200: None}, authenticated=False, media=HTML))
@@ -39,3 +44,8 @@ async def chat_page(_: Request) -> Response:
 )
 async def docs_page(_: Request) -> Response:
     return FileResponse(STATIC / "docs.html", headers=DOCS_HEADERS)
+
+
+@documented(Operation("The chat page's icon (SVG)", {200: None}, authenticated=False, media=SVG))
+async def favicon(_: Request) -> Response:
+    return FileResponse(ICON, media_type="image/svg+xml", headers=ICON_HEADERS)

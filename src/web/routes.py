@@ -44,6 +44,7 @@ async def openapi_document(request: Request) -> Response:
 
 ROUTES = [
     Route("/", page.chat_page, methods=["GET"]),
+    Route("/favicon.ico", page.favicon, methods=["GET"]),
     Route("/openapi.json", openapi_document, methods=["GET"]),
     Route("/docs", page.docs_page, methods=["GET"]),
     # Swagger UI's files, from the swagger-ui-bundle package: no CDN.

@@ -96,6 +96,7 @@ async def test_a_rejected_call_is_answered_with_the_reason(browser: Browser, bas
     await expect(page.locator("#timeline")).to_contain_text("calculator rejected")
 
 
+@pytest.mark.console_errors_expected(r"status of 422")  # the server's refusal of a bad edit
 async def test_an_edited_input_is_checked_on_the_page_then_by_the_server_then_run(
     browser: Browser, base_url: str
 ) -> None:

@@ -448,3 +448,19 @@ async def test_the_chat_page_and_its_assets_are_served_without_a_cdn(
     assert "https://" not in script.text
     assert (await client.get("/static/style.css")).status_code == 200
     assert (await client.get("/static/nothing.js")).status_code == 404
+
+
+async def test_the_chat_page_links_its_icon_and_favicon_ico_answers_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """The page links its SVG icon; `/favicon.ico`, where browsers and other clients look for an
+    icon unasked, answers the same SVG, with no token."""
+    page = await client.get("/")
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page.text
+    linked = await client.get("/static/favicon.svg")
+    icon = await client.get("/favicon.ico")
+    for answer in (linked, icon):
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content == linked.content and icon.content.startswith(b"<svg")
+    assert icon.headers["x-content-type-options"] == "nosniff"

@@ -9,6 +9,8 @@
 // refusal (a validation_error on an edited input, a conflict) is answered to the card that sent
 // it.
 
+import { button, element } from "./dom.js";
+
 export const WAITING = "awaiting_approval";
 const DONE = { approve: "approved", reject: "rejected", edit: "approved with an edited input" };
 
@@ -29,19 +31,6 @@ export function trackApproval(run, event, final) {
 /** The words for a resolved call in the timeline ("approved", "rejected", ...). */
 export function decided(decision) {
   return DONE[decision] || decision;
-}
-
-function element(tag, className = "", text = "") {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text) node.textContent = text;
-  return node;
-}
-
-function button(text, className = "", type = "button") {
-  const node = element("button", className, text);
-  node.type = type;
-  return node;
 }
 
 /**

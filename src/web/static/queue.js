@@ -10,6 +10,8 @@
 // reload shows what the page showed.
 
 /** The thread's queued runs, in the order they will start. */
+import { element } from "./dom.js";
+
 export function queuedRuns(thread) {
   return (thread && thread.queued_run_ids) || [];
 }
@@ -32,11 +34,8 @@ export function withdrawn(run) {
   return Boolean(run) && run.events.length > 0 && run.events[0].type === "run_cancelled";
 }
 
-function element(tag, className = "", text = "") {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text) node.textContent = text;
-  return node;
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
 }
 
 /**
@@ -58,8 +57,9 @@ export function queueItems({ api, describe, caughtUp }) {
       if (!items.has(runId)) items.set(runId, build(thread.id, runId));
       const item = items.get(runId);
       const question = questionOf(runId);
-      item.text.textContent = question ? question.content : "\u2026";
-      item.place.textContent = index === 0 ? "next in line" : `#${index + 1} in line`;
+      // Only what changed is written: a live region would announce a text written again.
+      setText(item.text, question ? question.content : "\u2026");
+      setText(item.place, index === 0 ? "next in line" : `#${index + 1} in line`);
       return item.node;
     });
   }
