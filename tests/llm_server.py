@@ -15,7 +15,8 @@ chooses with markers:
 MODEs: ``nostream`` (plain JSON even when a stream is asked for), ``500``, ``429-then-ok`` (each
 distinct request is refused once with 429, then served), ``hang`` (never answers), ``stall``
 (streams one piece, then nothing), ``garbage`` (200 with a body that is not JSON),
-``no-choices``, ``bad-chunk`` (a stream chunk that is not JSON).
+``no-choices``, ``bad-chunk`` (a stream chunk that is not JSON), ``error`` (an error event after
+the first piece, as OpenAI reports a failure mid-stream).
 
 Every answer reports ``usage``: ``PROMPT_TOKENS`` and ``COMPLETION_TOKENS`` per call.
 """
@@ -166,7 +167,9 @@ class FakeModelServer:
             return JSONResponse({"id": "x", "choices": []})
         if stream and mode != "nostream":
             return StreamingResponse(
-                self._chunks(turn, stall=mode == "stall", bad=mode == "bad-chunk"),
+                self._chunks(
+                    turn, stall=mode == "stall", bad=mode == "bad-chunk", error=mode == "error"
+                ),
                 media_type="text/event-stream",
             )
         calls = [_wire_call(i, name, args) for i, (name, args) in enumerate(turn["tool_calls"])]
@@ -183,7 +186,7 @@ class FakeModelServer:
         )
 
     async def _chunks(
-        self, turn: dict[str, Any], *, stall: bool, bad: bool
+        self, turn: dict[str, Any], *, stall: bool, bad: bool, error: bool
     ) -> AsyncIterator[bytes]:
         self.streams_started += 1
         self.stream_started.set()
@@ -195,6 +198,8 @@ class FakeModelServer:
                     await self._release.wait()
                 if bad:
                     yield b"data: {not json\n\n"
+                if error:  # as OpenAI reports a failure after the stream began
+                    yield _sse({"error": {"message": "model overloaded", "type": "server_error"}})
             # Tool calls as real servers stream them: the id and name first, then the
             # arguments in small pieces, calls interleaved by index.
             calls = turn["tool_calls"]

@@ -167,6 +167,7 @@ async def test_an_unknown_route_goes_to_general(
         ("[llm:garbage]", "llm_error", INVALID_REPLY, "not valid JSON: b'<html>oops</html>'"),
         ("[llm:no-choices]", "llm_error", INVALID_REPLY, "no choices"),
         ("[answer:bad-chunk]", "llm_error", INVALID_REPLY, "not valid JSON"),
+        ("[answer:error]", "llm_error", UNAVAILABLE, "model overloaded"),
         ("[llm:hang]", "timeout", TOO_SLOW, f"within {LLM_TIMEOUT_S:g} s"),
         ("[answer:stall]", "timeout", TOO_SLOW, f"within {LLM_TIMEOUT_S:g} s"),
     ],

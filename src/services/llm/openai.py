@@ -33,7 +33,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from src.runs.domain import Usage
 from src.services.llm.base import (
@@ -206,25 +205,34 @@ class OpenAILLM:
     async def _stream(self, params: dict[str, Any], *, deadline: float, on_text: TextSink) -> Reply:
         """The answer piece by piece into ``on_text``. Leaving (cancelled, failed, or the
         caller's ``on_text`` raised) closes the HTTP response, so the server stops generating
-        for a run that no longer wants the answer."""
+        for a run that no longer wants the answer.
+
+        The chunks come as the JSON the server sent (``cast_to=object``): the client still
+        sends, retries, decodes the event stream and raises the server's error events, but
+        builds no typed object per chunk, which was a quarter of the event loop's time with
+        200 answers streaming."""
         async with contextlib.AsyncExitStack() as stack:
             # Sending (with the client's retries) is bounded like every other wait.
-            response = await self._within(
+            stream = await self._within(
                 deadline,
-                stack.enter_async_context(
-                    self._client.chat.completions.with_streaming_response.create(
-                        **params, stream=True, stream_options={"include_usage": True}
-                    )
+                self._client.post(
+                    "/chat/completions",
+                    body=params | {"stream": True, "stream_options": {"include_usage": True}},
+                    cast_to=object,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[object],
                 ),
             )
+            stack.push_async_callback(stream.close)
+            response = stream.response
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 # The server does not stream: one answer, all at once.
-                reply = _reply_of(_json(await self._within(deadline, response.read())))
+                reply = _reply_of(_json(await self._within(deadline, response.aread())))
                 if reply.text:
                     await on_text(reply.text)
                 return reply
             turn = _Turn()
-            chunks = (await response.parse()).__aiter__()
+            chunks = stream.__aiter__()
             while (chunk := await self._within(deadline, anext(chunks, None))) is not None:
                 piece = turn.add(chunk)
                 if piece:
@@ -257,22 +265,33 @@ class _Turn:
     calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
     usage: Usage | None = None
 
-    def add(self, chunk: ChatCompletionChunk) -> str:
-        """Take one chunk; the text it adds, if any."""
-        if chunk.usage is not None:
-            self.usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-        if not chunk.choices:
+    def add(self, chunk: object) -> str:
+        """Take one chunk (its JSON, read leniently: servers differ in what they leave out);
+        the text it adds, if any."""
+        if not isinstance(chunk, dict):
+            return ""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = _usage_of(usage)
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return ""  # e.g. the closing usage chunk
-        delta = chunk.choices[0].delta
-        for call in delta.tool_calls or ():
-            parts = self.calls.setdefault(call.index, ["", "", ""])
-            parts[0] = call.id or parts[0]
-            if call.function is not None:
-                parts[1] += call.function.name or ""
-                parts[2] += call.function.arguments or ""
-        piece = delta.content or ""
-        if piece:
-            self.text.append(piece)
+        delta = choices[0].get("delta")
+        if not isinstance(delta, dict):
+            return ""
+        for call in delta.get("tool_calls") or ():
+            if not isinstance(call, dict):
+                continue
+            parts = self.calls.setdefault(int(call.get("index") or 0), ["", "", ""])
+            parts[0] = str(call.get("id") or parts[0])
+            function = call.get("function")
+            if isinstance(function, dict):
+                parts[1] += str(function.get("name") or "")
+                parts[2] += str(function.get("arguments") or "")
+        piece = delta.get("content")
+        if not isinstance(piece, str) or not piece:
+            return ""
+        self.text.append(piece)
         return piece
 
     def reply(self) -> Reply:
@@ -340,10 +359,12 @@ def _reply_of(data: Any) -> Reply:
     return Reply(
         text=text,
         tool_calls=calls,
-        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        if isinstance(usage, dict)
-        else None,
+        usage=_usage_of(usage) if isinstance(usage, dict) else None,
     )
+
+
+def _usage_of(usage: dict[str, Any]) -> Usage:
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
 def _call_of(index: int, call: Any) -> ToolCall:
