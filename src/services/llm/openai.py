@@ -7,7 +7,8 @@ types the errors. isochat adds what a run needs around it:
 - one client per application, with a bounded pool, serves every run;
 - each call is bounded as a whole by ``timeout_s`` (retries and every wait of a stream
   included, each wait on its own, never across the caller's code);
-- streamed tool-call deltas are assembled into whole calls (several per turn, by index);
+- streamed tool-call deltas are assembled into whole calls (several per turn, by index; the
+  request's and the answer's JSON are ``src/services/llm/openai_wire.py``'s);
 - a server that answers a streamed request with plain JSON is taken whole;
 - every failure becomes an ``LLMError`` or ``LLMTimeout`` of that call alone, whose ``str`` is
   a short, safe message for the run's user; what went wrong (the URL without credentials, the
@@ -27,14 +28,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
 
-from src.runs.domain import Usage
 from src.services.llm.base import (
     INVALID_REPLY,
     ChatMessage,
@@ -42,16 +41,21 @@ from src.services.llm.base import (
     LLMTimeout,
     Reply,
     TextSink,
-    ToolCall,
     ToolSpec,
+)
+from src.services.llm.openai_wire import (
+    BODY_EXCERPT_CHARS,
+    StreamedTurn,
+    json_of,
+    reply_of,
+    wire_message,
+    wire_tool,
 )
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# How much of a failed answer's body an operator gets in the log.
-BODY_EXCERPT_CHARS = 200
 # Below /health/ready's own bound on a check (2 s), so that a slow server reads "unavailable"
 # from the probe itself rather than from the cut-off.
 PROBE_TIMEOUT_S = 1.5
@@ -172,10 +176,10 @@ class OpenAILLM:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         params: dict[str, Any] = {
             "model": self._model,
-            "messages": [_wire_message(m) for m in messages],
+            "messages": [wire_message(m) for m in messages],
         }
         if tools:
-            params["tools"] = [_wire_tool(t) for t in tools]
+            params["tools"] = [wire_tool(t) for t in tools]
         if require_tool is not None:
             params["tool_choice"] = {"type": "function", "function": {"name": require_tool}}
         try:
@@ -200,7 +204,7 @@ class OpenAILLM:
 
     async def _complete(self, params: dict[str, Any]) -> Reply:
         raw = await self._client.chat.completions.with_raw_response.create(**params, stream=False)
-        return _reply_of(_json(raw.http_response.content))
+        return reply_of(json_of(raw.http_response.content))
 
     async def _stream(self, params: dict[str, Any], *, deadline: float, on_text: TextSink) -> Reply:
         """The answer piece by piece into ``on_text``. Leaving (cancelled, failed, or the
@@ -227,11 +231,11 @@ class OpenAILLM:
             response = stream.response
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 # The server does not stream: one answer, all at once.
-                reply = _reply_of(_json(await self._within(deadline, response.aread())))
+                reply = reply_of(json_of(await self._within(deadline, response.aread())))
                 if reply.text:
                     await on_text(reply.text)
                 return reply
-            turn = _Turn()
+            turn = StreamedTurn()
             chunks = stream.__aiter__()
             while (chunk := await self._within(deadline, anext(chunks, None))) is not None:
                 piece = turn.add(chunk)
@@ -254,129 +258,6 @@ class OpenAILLM:
                 return await awaitable
         except TimeoutError:
             raise LLMTimeout(detail=f"no answer within {self._timeout_s:g} s") from None
-
-
-@dataclass
-class _Turn:
-    """A streamed turn, assembled chunk by chunk: the text, and each tool call from its
-    deltas (its id and name come first, its arguments in pieces, by the call's index)."""
-
-    text: list[str] = field(default_factory=list)
-    calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
-    usage: Usage | None = None
-
-    def add(self, chunk: object) -> str:
-        """Take one chunk (its JSON, read leniently: servers differ in what they leave out);
-        the text it adds, if any."""
-        if not isinstance(chunk, dict):
-            return ""
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = _usage_of(usage)
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return ""  # e.g. the closing usage chunk
-        delta = choices[0].get("delta")
-        if not isinstance(delta, dict):
-            return ""
-        for call in delta.get("tool_calls") or ():
-            if not isinstance(call, dict):
-                continue
-            parts = self.calls.setdefault(int(call.get("index") or 0), ["", "", ""])
-            parts[0] = str(call.get("id") or parts[0])
-            function = call.get("function")
-            if isinstance(function, dict):
-                parts[1] += str(function.get("name") or "")
-                parts[2] += str(function.get("arguments") or "")
-        piece = delta.get("content")
-        if not isinstance(piece, str) or not piece:
-            return ""
-        self.text.append(piece)
-        return piece
-
-    def reply(self) -> Reply:
-        calls = tuple(
-            ToolCall(id=call_id or f"call_{index}", name=name, arguments=arguments)
-            for index, (call_id, name, arguments) in sorted(self.calls.items())
-        )
-        text = "".join(self.text)
-        if not text and not calls:
-            raise LLMError(INVALID_REPLY, detail="the streamed answer has no text and no call")
-        return Reply(text=text, tool_calls=calls, usage=self.usage)
-
-
-def _wire_message(message: ChatMessage) -> dict[str, Any]:
-    wire: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        wire["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        wire["tool_call_id"] = message.tool_call_id
-    return wire
-
-
-def _wire_tool(tool: ToolSpec) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        excerpt = body[:BODY_EXCERPT_CHARS]
-        raise LLMError(INVALID_REPLY, detail=f"the answer is not valid JSON: {excerpt!r}") from None
-
-
-def _reply_of(data: Any) -> Reply:
-    """A whole (not streamed) answer's turn, read leniently: servers differ in what else they
-    send, and only the first choice's message matters."""
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list):
-        raise LLMError(INVALID_REPLY, detail="the answer has no 'choices'")
-    if not choices:
-        raise LLMError(INVALID_REPLY, detail="the answer has no choices")
-    message = choices[0].get("message") if isinstance(choices[0], dict) else None
-    if not isinstance(message, dict):
-        raise LLMError(INVALID_REPLY, detail="the first choice has no message")
-    text = message.get("content") or ""
-    calls = tuple(_call_of(i, c) for i, c in enumerate(message.get("tool_calls") or ()))
-    if not isinstance(text, str) or (not text.strip() and not calls):
-        raise LLMError(INVALID_REPLY, detail="the answer has no text and no call")
-    usage = data.get("usage")
-    return Reply(
-        text=text,
-        tool_calls=calls,
-        usage=_usage_of(usage) if isinstance(usage, dict) else None,
-    )
-
-
-def _usage_of(usage: dict[str, Any]) -> Usage:
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-
-
-def _call_of(index: int, call: Any) -> ToolCall:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise LLMError(INVALID_REPLY, detail="a tool call has no function name")
-    arguments = function.get("arguments")
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments if arguments is not None else {})
-    return ToolCall(
-        id=str(call.get("id") or f"call_{index}"), name=function["name"], arguments=arguments
-    )
 
 
 def _status_detail(exc: openai.APIStatusError) -> str:
