@@ -42,11 +42,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,28 +55,26 @@ from typing import Any
 
 import httpx
 from playwright.async_api import CDPSession, Locator, Page, WebSocket, async_playwright
+from ws_load import (
+    HOST,
+    ISOCHAT,
+    Server,
+    free_port,
+    log_tail,
+    server_environment,
+    stop,
+    wait_until_live,
+)
 
-ISOCHAT = str(Path(sys.executable).parent / "isochat")
-HOST = "127.0.0.1"  # loopback only
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
+
 USER = "bench-page"
 TITLE = "bench: a long thread"
 OTHER_TITLE = "bench: an empty thread"
 STREAMED = "summarise our conversation so far"
 FINAL_EVENTS = {"run_completed", "run_failed", "run_cancelled"}
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
 WITHIN_MS = 120_000  # liveness guards only: nothing is asserted on time
 QUIET_MS = 500  # the page has finished with an event once it has not changed for this long
-# As root Chromium needs --no-sandbox; the rest keeps it off the network and quiet.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # Installed before the page's own scripts, on every document: long tasks are only reported to
 # an observer that exists when they happen, and the click and the Enter are stamped on the
@@ -172,30 +167,11 @@ class Failed(Exception):
 # --- the server ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start(directory: Path) -> Server:
     """``isochat serve`` on a free port; returns at once, without waiting for it."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISOCHAT_")}
-    env |= {
+    env = server_environment(directory, port) | {
         "ISOCHAT_ENV": "development",  # dev-login
-        "ISOCHAT_HOST": HOST,
-        "ISOCHAT_PORT": str(port),
-        "ISOCHAT_LOG_LEVEL": "warning",
-        "ISOCHAT_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/isochat.db",
         # One user writes the thread and then reads it: its requests are the whole load.
         "ISOCHAT_RATE_LIMIT_PER_MINUTE": "6000000",
         "ISOCHAT_RATE_LIMIT_BURST": "100000",
@@ -218,34 +194,13 @@ async def serving(directory: Path) -> AsyncIterator[Server]:
     """The server, ready; stopped on the way out."""
     server = start(directory)
     try:
-        await wait_until_ready(server)
+        try:
+            await asyncio.to_thread(wait_until_live, server)
+        except RuntimeError as exc:
+            raise Failed(f"{exc}:\n{log_tail(server.log)}") from None
         yield server
     finally:
-        await stop(server)
-
-
-async def wait_until_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise Failed(f"isochat exited early:\n{server.log.read_text(errors='replace')}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/health/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise Failed(f"isochat was not ready within {START_TIMEOUT_S:.0f} s")
-
-
-async def stop(server: Server) -> None:
-    if server.process.poll() is not None:
-        return
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.to_thread(server.process.wait, STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        await asyncio.to_thread(server.process.wait)
+        await asyncio.to_thread(stop, server.process)
 
 
 # --- the thread ---------------------------------------------------------------------------------
@@ -448,7 +403,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=500, help="question/answer runs (500)")
     parser.add_argument(
         "--chromium",
-        default=os.environ.get("ISOCHAT_TEST_CHROMIUM", "/usr/bin/chromium"),
+        default=CHROMIUM,
         help="the Chromium to drive (Debian's by default)",
     )
     return parser.parse_args(argv)

@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from src.agents.triage import ROUTE_TOOL
+from src.settings import Settings
 from tests.helpers import serving
 
 _MARKER = re.compile(r"\[(llm|answer|route|text):([a-z0-9-]+)\]")
@@ -270,3 +272,18 @@ def _is_route_choice(body: dict[str, Any]) -> bool:
 
 def _sse(data: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
+
+
+@asynccontextmanager
+async def settings_on_a_model_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[Settings]:
+    """Settings for an app on a SQLite file in ``tmp_path`` whose model is a fake model
+    server, served for the block; runs may last (a test holds them as long as it needs)."""
+    async with served_model() as model:
+        yield Settings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
+            run_timeout_s=600.0,
+            llm_provider="openai",
+            llm_base_url=model.base_url,
+            _env_file=None,
+            **overrides,
+        )

@@ -3,26 +3,14 @@ downloaded), against the real app served by uvicorn on a loopback port."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.browser.console import MARKER, ConsoleErrors
-
-CHROMIUM = os.environ.get("ISOCHAT_TEST_CHROMIUM", "/usr/bin/chromium")
-# As root (tests run as root) Chromium needs --no-sandbox; the rest keeps it off the network.
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,7 +35,7 @@ async def browser(
     uncaught exception of its pages fails the test at its end (tests/browser/console.py)."""
     errors = ConsoleErrors()
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         errors.watch(browser, monkeypatch)
         try:
             yield browser

@@ -13,7 +13,7 @@ from playwright.async_api import Browser, Page, expect
 
 from src.settings import Settings
 from tests.browser.test_chat_page import WITHIN_MS, new_thread, send, signed_in
-from tests.llm_server import served_model
+from tests.llm_server import settings_on_a_model_server
 
 
 @pytest.fixture
@@ -150,15 +150,8 @@ class TestTwoCallsInOneTurn:
 
     @pytest.fixture
     async def settings(self, tmp_path: Path) -> AsyncIterator[Settings]:
-        async with served_model() as model:
-            yield Settings(
-                database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
-                run_timeout_s=600.0,
-                approval_tools="calculator",
-                llm_provider="openai",
-                llm_base_url=model.base_url,
-                _env_file=None,
-            )
+        async with settings_on_a_model_server(tmp_path, approval_tools="calculator") as settings:
+            yield settings
 
     async def test_each_call_is_decided_on_its_own(self, browser: Browser, base_url: str) -> None:
         """Two cards; the first approved goes while the run still waits and the focus moves

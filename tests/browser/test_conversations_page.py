@@ -21,7 +21,7 @@ from src.runs.domain import iso, utcnow
 from src.services.database.models import MessageRow, RunEventRow, RunRow, ThreadRow
 from src.settings import Settings
 from tests.browser.test_chat_page import WITHIN_MS, send, signed_in
-from tests.llm_server import served_model
+from tests.llm_server import settings_on_a_model_server
 
 LONG_QUESTION = (
     "Could you tell me how the calculator of this chat rounds numbers when there are many "
@@ -192,14 +192,8 @@ class TestALongThread:
 
     @pytest.fixture
     async def settings(self, tmp_path: Path) -> AsyncIterator[Settings]:
-        async with served_model() as model:
-            yield Settings(
-                database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
-                run_timeout_s=600.0,
-                llm_provider="openai",
-                llm_base_url=model.base_url,
-                _env_file=None,
-            )
+        async with settings_on_a_model_server(tmp_path) as settings:
+            yield settings
 
     async def test_opens_at_once_and_streams_without_drawing_the_rest_again(
         self, browser: Browser, base_url: str, container: AppContainer

@@ -16,20 +16,14 @@ from playwright.async_api import Browser, Request, expect
 from src.settings import Settings
 from tests.browser.axe import assert_accessible
 from tests.browser.test_chat_page import WITHIN_MS, send, signed_in
-from tests.llm_server import served_model
+from tests.llm_server import settings_on_a_model_server
 
 
 @pytest.fixture
 async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
     """A model that answers with the text a marker names (tests/llm_server.py)."""
-    async with served_model() as model:
-        yield Settings(
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
-            run_timeout_s=600.0,
-            llm_provider="openai",
-            llm_base_url=model.base_url,
-            _env_file=None,
-        )
+    async with settings_on_a_model_server(tmp_path) as settings:
+        yield settings
 
 
 async def test_a_markdown_answer_is_rendered_and_its_code_copied(

@@ -18,7 +18,7 @@ from src.container import AppContainer
 from src.settings import Settings
 from tests.browser.test_chat_page import WITHIN_MS, new_thread, send, signed_in
 from tests.fakes import hold_triage
-from tests.llm_server import served_model
+from tests.llm_server import settings_on_a_model_server
 
 HELD = "[slow] what is 2 + 2?"
 
@@ -110,14 +110,8 @@ class TestAnInterruptedAnswer:
 
     @pytest.fixture
     async def settings(self, tmp_path: Path) -> AsyncIterator[Settings]:
-        async with served_model() as model:
-            yield Settings(
-                database_url=f"sqlite+aiosqlite:///{tmp_path}/isochat.db",
-                run_timeout_s=600.0,
-                llm_provider="openai",
-                llm_base_url=model.base_url,
-                _env_file=None,
-            )
+        async with settings_on_a_model_server(tmp_path) as settings:
+            yield settings
 
     async def test_is_marked_as_interrupted(self, browser: Browser, base_url: str) -> None:
         """Another client sends a message that interrupts the run in progress: the answer so
