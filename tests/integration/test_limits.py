@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dependency_injector import providers
+from limits.aio.storage import MemoryStorage
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
@@ -24,6 +25,7 @@ from src.services.limits import (
     InProcessSocketCounter,
     RateLimiter,
     RedisSocketCounter,
+    SparseExpiryMemoryStorage,
     window_seconds,
 )
 from src.settings import Settings
@@ -83,6 +85,29 @@ async def test_a_limiter_refuses_past_the_burst_and_says_when_to_retry() -> None
         await limiter.check("u")
     assert 1 <= getattr(refused.value, "retry_after_s", 0) <= 120
     await limiter.check("someone else")
+
+
+async def test_hits_in_memory_are_dropped_once_expired_in_passes_at_most_a_second_apart() -> None:
+    """300 users' hits of a 1 s window: none is dropped before it expired, all are dropped by
+    the first pass after, which a later hit starts; a pass a second at most, so hits in
+    between start none. (The hook it throttles is the library's own: were it renamed, every
+    hit would start a pass again.)"""
+    assert hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry")
+    limiter = RateLimiter(per_minute=60, burst=1)  # 1 hit in any 1 s
+    storage = limiter._storage
+    assert isinstance(storage, SparseExpiryMemoryStorage)
+    for user in range(300):
+        await limiter.check(f"user-{user}")
+    assert len(storage.events) == 300
+    first_pass = storage.timer
+    await limiter.check("late")  # within the second: no pass of its own
+    assert storage.timer is first_pass
+    await asyncio.sleep(1.1)  # every hit so far has expired
+    await limiter.check("later")  # the pass it starts drops them
+    assert storage.timer is not first_pass and storage.timer is not None
+    await storage.timer
+    [kept] = storage.events  # the one hit that has not expired
+    assert "later" in kept
 
 
 async def test_running_runs_per_user_are_capped(

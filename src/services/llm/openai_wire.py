@@ -1,7 +1,14 @@
 """OpenAI's ``/chat/completions`` wire format, both ways: a run's messages and tools as the
-request's JSON, and the answer's JSON (whole, or chunk by chunk from a stream) as a ``Reply``.
-Answers are read leniently: servers differ in what else they send and what they leave out;
-only what a run needs must be there, and its absence is an ``LLMError`` (``INVALID_REPLY``)."""
+request's JSON, and the answer's JSON (whole, or chunk by chunk from its event stream) as a
+``Reply``. Answers are read leniently: servers differ in what else they send and what they
+leave out; only what a run needs must be there, and its absence is an ``LLMError``
+(``INVALID_REPLY``).
+
+A streamed answer's body is split into its server-sent events here (``EventStream``), straight
+from the bytes as they arrive: one token is one event, and with 200 answers streaming at once
+the openai client's own decoder (an object per line and per event, through several layers of
+async generators) was about half of what a token cost on the aiohttp transport (109 µs of CPU
+per token with it, 46-61 without)."""
 
 from __future__ import annotations
 
@@ -21,6 +28,65 @@ from src.services.llm.base import (
 
 # How much of a failed answer's body an operator gets in the log.
 BODY_EXCERPT_CHARS = 200
+# The last event of an answer's stream.
+DONE = b"[DONE]"
+# A line longer than this without its end is not an event stream (a misconfigured server
+# sending something else): the stream stops instead of holding it all in memory.
+MAX_PENDING_BYTES = 1 << 20
+
+
+class EventStream:
+    """The ``data`` of each server-sent event of a body fed piece by piece, as the pieces
+    come (an event split across pieces waits for its end). Lines end with LF, CRLF or CR;
+    several ``data`` lines of one event are joined with LF; comments and other fields
+    (``event``, ``id``, ``retry``) are skipped."""
+
+    def __init__(self) -> None:
+        self._pending = b""  # an unfinished line
+        self._data: list[bytes] = []  # the data lines of the event under way
+        self._after_cr = False  # the last piece ended with CR: an LF first in this one is its
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """The events that ``piece`` completes, in order."""
+        if not piece:
+            return []
+        if self._after_cr and piece.startswith(b"\n"):
+            piece = piece[1:]
+        self._after_cr = piece.endswith(b"\r")
+        text = self._pending + piece
+        if b"\r" in text:
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = text.split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > MAX_PENDING_BYTES:
+            raise LLMError(INVALID_REPLY, detail="the event stream has a line over 1 MiB")
+        events = []
+        for line in lines:
+            if not line:  # a blank line ends the event
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+        return events
+
+
+def chunk_of(data: bytes) -> Any:
+    """One streamed event's JSON; the server's ``error`` event is an ``LLMError``."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        excerpt = data[:BODY_EXCERPT_CHARS]
+        raise LLMError(
+            INVALID_REPLY, detail=f"a streamed chunk is not valid JSON: {excerpt!r}"
+        ) from None
+    if isinstance(chunk, dict) and chunk.get("error"):
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        said = message if isinstance(message, str) and message else "an error"
+        raise LLMError(detail=f"the server sent an error mid-stream: {said[:BODY_EXCERPT_CHARS]}")
+    return chunk
 
 
 @dataclass
