@@ -7,10 +7,14 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.browser.console import MARKER, ConsoleErrors
+
+# Every expectation's wait is a liveness guard, not a measure (timing is bench/page_thread.py's):
+# Playwright's default of 5 s failed a drawing step on a machine busy with other work.
+expect.set_options(timeout=20_000)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
