@@ -52,6 +52,7 @@ bench: $(DEV_STAMP) browser
 	$(BIN)/python bench/ws_load.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/streaming_overhead.py
+	$(BIN)/python bench/model_stream.py
 	$(BIN)/python bench/cancel_latency.py
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/multitask.py

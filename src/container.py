@@ -54,7 +54,6 @@ from src.services.database.engine import Database, Transactions, create_engine
 from src.services.limits import InProcessSocketCounter, RateLimiter, RedisSocketCounter
 from src.services.llm import LLM
 from src.services.llm.offline import OfflineLLM
-from src.services.llm.openai import OpenAILLM
 from src.services.mcp.config import with_mcp_servers
 from src.services.mcp.run import RunMcp, no_user_headers
 from src.services.mcp.tool_lists import McpToolLists
@@ -72,6 +71,10 @@ def choose_llm(settings: Settings) -> LLM:
     """The model ``ISOCHAT_LLM_PROVIDER`` names. Chosen once: a ``Selector`` would look the
     setting up again at every resolution, on every request."""
     if settings.llm_provider == "openai":
+        # Imported here: the openai client (and aiohttp with it) is over a second of start-up
+        # that a process on the offline model does not need.
+        from src.services.llm.openai import OpenAILLM
+
         assert settings.llm_base_url is not None  # Settings refuses openai without one
         return OpenAILLM(
             base_url=settings.llm_base_url,
