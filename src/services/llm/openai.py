@@ -211,17 +211,16 @@ class OpenAILLM:
         except LLMError as exc:
             self._report(exc)
             raise
-        except openai.APITimeoutError as exc:
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            # By what is behind it, not by its class: aiohttp's lost or refused connections
+            # reach the client as a connect timeout.
             error: LLMError = (
                 LLMTimeout(detail=f"no answer within {self._timeout_s:g} s")
                 if _timed_out(exc)
-                # aiohttp's lost or refused connections reach the client as a connect timeout
                 else LLMError(detail=f"could not connect: {_innermost(exc)}")
             )
         except openai.APIStatusError as exc:
             error = LLMError(detail=_status_detail(exc))
-        except openai.APIConnectionError as exc:
-            error = LLMError(detail=f"could not connect: {_reason(exc)}")
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             error = LLMError(detail=f"the call failed: {_reason(exc)}")
         self._report(error)
@@ -263,7 +262,9 @@ class OpenAILLM:
             pieces = response.aiter_raw()
             # After [DONE] the body is still read to its end, so that the connection is kept.
             while (piece := await self._within(deadline, anext(pieces, None))) is not None:
-                for data in () if done else events.feed(piece):
+                if done:
+                    continue
+                for data in events.feed(piece):
                     if data.startswith(DONE):
                         done = True
                         break
